@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up intrs on a fresh machine, idempotently: Fashion-MNIST from Debian (where apt exists),
+# a virtual environment in .venv with torch 2.13.0 (CPU build) and intrs installed editable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -e "$fmnist/t10k-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)" >&2
+  $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
+    || echo "setup: could not install dataset-fashion-mnist; pass --data-dir to a Fashion-MNIST folder" >&2
+fi
+
+python=$(command -v python3.11 || command -v python3)
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: intrs needs Python >= 3.11, found $("$python" --version)" >&2; exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# Reinstall only when the package's requirements changed.
+stamp=.venv/.intrs-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing intrs and its dependencies into .venv" >&2
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,report]' > .venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1
+  fi
+  .venv/bin/python -c 'import intrs, torch, scipy, pytest'
+  echo "$want" > "$stamp"
+fi

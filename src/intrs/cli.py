@@ -1,0 +1,206 @@
+"""The ``intrs`` command line: flags in, library calls out.
+
+Every command is a thin layer over the Python API. A user mistake (an
+``IntrsError`` or a bad flag) becomes one line on stderr and exit status 2, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from . import __version__
+from .certification import CertifySettings, run
+from .checkpoint import load_checkpoint
+from .data import DATASETS, load_dataset
+from .errors import IntrsError
+from .report import analyze
+from .systems import SYSTEMS, make_system
+from .training import CHECKPOINT_NAME, SCHEDULES, TrainConfig, train
+
+RADIUS_NOTE = ("Radii are L2 norms in [0,1] pixel units (pixel / 255), as in Cohen et al. and the paper; "
+               "R = sigma * PhiInv(pA_lower), rounded down, never up.")
+
+
+def _progress(iterable, **kwargs):
+    return tqdm(iterable, dynamic_ncols=True, leave=False, file=sys.stderr, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="intrs")
+def cli() -> None:
+    """Integer-arithmetic-only certified L2 robustness for quantized neural networks (IntRS, ICCV 2021)."""
+
+
+# ---------------------------------------------------------------- train
+
+
+@cli.command("train")
+@click.option("--dataset", type=click.Choice(list(DATASETS)), default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set.")
+@click.option("--arch", default="resnet20", show_default=True, help="resnet20 (any resnet<6k+2>) or resnet50.")
+@click.option("--width", type=int, default=16, show_default=True, help="First-stage channels of the CIFAR ResNet.")
+@click.option("--sigma", type=float, required=True, help="Training noise level in [0,1] pixel units.")
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="short", show_default=True,
+              help="paper: 90 epochs, lr 0.1 / 10 every 30, batch 256 (64 on Caltech-101).")
+@click.option("--epochs", type=int, help="Override the schedule's epochs.")
+@click.option("--batch-size", type=int, help="Override the schedule's batch size.")
+@click.option("--lr", type=float, help="Override the schedule's initial learning rate.")
+@click.option("--train-subset", type=int, help="Train on the first N training images only.")
+@click.option("--pretrained", type=click.Path(path_type=Path), help="torchvision-format state dict to start from.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder for checkpoint and log.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--force", is_flag=True, help="Start over even if --out holds a checkpoint.")
+def train_command(dataset, data_dir, arch, width, sigma, schedule, epochs, batch_size, lr, train_subset,
+                  pretrained, seed, out, resume, force) -> None:
+    """Train a base classifier with Gaussian noise augmentation (checkpoint every epoch)."""
+    config = TrainConfig(dataset=dataset, sigma=sigma, arch=arch, width=width, schedule=schedule, epochs=epochs,
+                         batch_size=batch_size, lr=lr, train_subset=train_subset, seed=seed)
+    ckpt = train(config, out, data_dir, resume=resume, force=force, pretrained=pretrained, progress=_progress)
+    _print_training(ckpt)
+
+
+def _print_training(ckpt) -> None:
+    m = ckpt.metrics
+    click.echo(f"checkpoint {ckpt.path} (epoch {ckpt.epoch}): test accuracy clean {m['test_accuracy_clean']:.4f}, "
+               f"under noise sigma={ckpt.sigma:g} {m['test_accuracy_noisy']:.4f} on {m['eval_images']} images")
+
+
+# ---------------------------------------------------------------- certify / predict
+
+
+def _smoothing_options(command):
+    options = [
+        click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Model from 'intrs train'."),
+        click.option("--system", default="floatrs-fp", show_default=True,
+                     help=f"Which system to run: {', '.join(SYSTEMS)}."),
+        click.option("--sigma", type=float, help="Noise level in [0,1] pixel units [default: the training sigma]."),
+        click.option("--dataset", type=click.Choice(list(DATASETS)), help="[default: the checkpoint's data set]"),
+        click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set."),
+        click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True),
+        click.option("--n", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo samples."),
+        click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability."),
+        click.option("--batch", type=int, default=1000, show_default=True, help="Noisy samples per forward pass."),
+        click.option("--skip", type=int, default=1, show_default=True, help="Use every SKIP-th image (Cohen)."),
+        click.option("--max", "max_images", type=int, help="Stop after this many images."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Root seed of every image's streams."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Output TSV."),
+        click.option("--resume", is_flag=True, help="Finish an interrupted --out (same settings)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing --out."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_smoothing(mode, checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force) -> None:
+    ckpt = load_checkpoint(checkpoint)
+    data = load_dataset(dataset or ckpt.dataset, split, data_dir)
+    ckpt.check_fits(data.info)
+    chosen = make_system(system, ckpt, ckpt.sigma if sigma is None else sigma)
+    provenance = {"checkpoint": str(checkpoint), "train_sigma": ckpt.sigma, "checkpoint_epoch": ckpt.epoch}
+    path = run(mode, chosen, data, settings, out, provenance=provenance, force=force, resume=resume,
+               progress=_progress)
+    click.echo(f"wrote {path}")
+    if mode == "certify":
+        click.echo(analyze([path]).to_markdown(), nl=False)
+
+
+@cli.command("certify")
+@_smoothing_options
+@click.option("--n0", type=int, default=100, show_default=True, help="Samples that select the top class.")
+def certify_command(checkpoint, system, sigma, dataset, data_dir, split, n, alpha, batch, skip, max_images, seed,
+                    out, resume, force, n0) -> None:
+    """Certify test images (Cohen's CERTIFY): one TSV row per image with its certified L2 radius.
+
+    The radius is the paper's R = sigma * PhiInv(pA_lower) in [0,1] pixel units. Under the continuous
+    Gaussian (floatrs-fp) it is Cohen et al.'s theorem. The adversary moves whole 8-bit pixel steps
+    wherever the noise lives on the integer grid.
+    """
+    settings = CertifySettings(n0, n, alpha, batch, seed, skip, max_images)
+    _run_smoothing("certify", checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force)
+
+
+@cli.command("predict")
+@_smoothing_options
+def predict_command(checkpoint, system, sigma, dataset, data_dir, split, n, alpha, batch, skip, max_images, seed,
+                    out, resume, force) -> None:
+    """Predict with the smoothed classifier (Cohen's PREDICT): abstain unless the top class wins a binomial test."""
+    settings = CertifySettings(1, n, alpha, batch, seed, skip, max_images)
+    _run_smoothing("predict", checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force)
+
+
+# ---------------------------------------------------------------- analyze
+
+
+@cli.command("analyze")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--max-radius", type=float, help="Largest radius column [default: 1.5, or the largest radius seen].")
+@click.option("--step", type=float, default=0.25, show_default=True, help="Radius step.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+def analyze_command(files, max_radius, step, fmt) -> None:
+    """Certified accuracy at r = 0, 0.25, ... for result TSVs side by side (also Cohen et al.'s own files)."""
+    table = analyze(list(files), max_radius, step)
+    click.echo(table.to_markdown() if fmt == "markdown" else table.to_csv(), nl=False)
+
+
+# ---------------------------------------------------------------- demo
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Fashion-MNIST folder.")
+@click.option("--sigma", type=float, default=0.25, show_default=True)
+@click.option("--images", type=int, default=100, show_default=True, help="Test images to certify.")
+@click.option("--n", "n", type=int, default=1000, show_default=True)
+@click.option("--n0", type=int, default=64, show_default=True)
+@click.option("--alpha", type=float, default=0.001, show_default=True)
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="short", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_command(out, data_dir, sigma, images, n, n0, alpha, schedule, seed) -> None:
+    """Train a noise-augmented ResNet-20 on Fashion-MNIST and certify test images (FloatRS-fp).
+
+    Re-running resumes: a finished model and finished images are reused.
+    """
+    model_dir = out / f"fashion-mnist-resnet20-sigma{sigma:g}"
+    click.echo(f"[1/2] training ResNet-20 on Fashion-MNIST with noise sigma={sigma:g} ({schedule} schedule) "
+               f"into {model_dir}")
+    ckpt = train(TrainConfig("fashion-mnist", sigma, schedule=schedule, seed=seed), model_dir, data_dir,
+                 resume=(model_dir / CHECKPOINT_NAME).exists(), progress=_progress)
+    _print_training(ckpt)
+    tsv = out / f"certify-floatrs-fp-sigma{sigma:g}.tsv"
+    click.echo(f"[2/2] certifying {images} test images (every 10th) with n0={n0}, n={n}, alpha={alpha:g}")
+    data = load_dataset("fashion-mnist", "test", data_dir)
+    settings = CertifySettings(n0, n, alpha, 1000, seed, 10, images)
+    run("certify", make_system("floatrs-fp", ckpt, sigma), data, settings, tsv,
+        provenance={"checkpoint": str(ckpt.path), "train_sigma": ckpt.sigma, "checkpoint_epoch": ckpt.epoch},
+        resume=tsv.exists(), progress=_progress)
+    click.echo(f"\ncertified accuracy (FloatRS-fp, sigma={sigma:g}, {images} Fashion-MNIST test images):\n")
+    click.echo(analyze([tsv]).to_markdown())
+    click.echo(f"model: {ckpt.path}\nrows:  {tsv}  (Cohen's TSV columns; 'intrs analyze {tsv}' re-reads it)")
+    click.echo(RADIUS_NOTE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI, turning user errors into one line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="intrs", standalone_mode=False)
+    except IntrsError as exc:
+        click.echo(f"intrs: error: {exc}", err=True)
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("intrs: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"intrs: error: {exc.format_message()}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

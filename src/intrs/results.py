@@ -1,0 +1,138 @@
+"""Result files: Cohen et al.'s tab-separated rows, written so that nothing is lost.
+
+Columns start with Cohen's ``idx label predict radius correct time`` so that his
+``analyze.py`` and ours read each other's files; extra columns follow. Rows are
+appended and flushed to disk as each image finishes; a sidecar ``.json`` holds the
+settings, so a re-run with ``resume`` skips finished images and a run with other
+settings is refused instead of mixing results. An exclusive lock keeps two runs
+from writing the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+from decimal import ROUND_FLOOR, Context
+from pathlib import Path
+from typing import Iterable
+
+from .errors import DataError, OutputExistsError
+
+COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+CERTIFY_COLUMNS = COHEN_COLUMNS + ("counts_top", "n0", "n", "pA_lower", "sigma", "alpha", "system", "noise", "seed")
+PREDICT_COLUMNS = COHEN_COLUMNS + ("counts_top", "counts_second", "n", "p_value", "sigma", "alpha", "system",
+                                   "noise", "seed")
+
+_FLOOR_7 = Context(prec=7, rounding=ROUND_FLOOR)
+
+
+def format_radius(radius: float) -> str:
+    """The radius with 7 significant digits, rounded toward zero, never up.
+
+    A certificate must not claim more than was proved: Cohen's ``{:.3}`` can
+    round a radius up. ``Decimal(radius)`` is the exact binary value, so the
+    floor is exact too.
+    """
+    if radius <= 0:
+        return "0"
+    return format(_FLOOR_7.create_decimal(radius), "f")
+
+
+def metadata_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+class ResultWriter:
+    """Appends rows to a TSV, flushing each; resumes or refuses as told. Use as a context manager."""
+
+    def __init__(self, path: str | Path, columns: Iterable[str], settings: dict, *,
+                 force: bool = False, resume: bool = False):
+        self.path, self.columns, self.settings = Path(path), tuple(columns), settings
+        self.done: set[int] = set()
+        self._handle = None
+        self._force, self._resume = force, resume
+
+    def __enter__(self) -> "ResultWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not (self._force or self._resume):
+            raise OutputExistsError(f"{self.path} already exists: pass --resume to finish it, --force to overwrite it, "
+                                    "or choose another --out")
+        handle = open(self.path, "a+", newline="")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise OutputExistsError(f"{self.path} is being written by another intrs run; wait for it or "
+                                    "choose another --out") from None
+        self._handle = handle
+        if exists and self._resume:
+            self._check_settings()
+            self.done = self._recover_rows()
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("\t".join(self.columns) + "\n")
+            self._sync()
+            tmp = metadata_path(self.path).with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, metadata_path(self.path))
+        return self
+
+    def _check_settings(self) -> None:
+        meta = metadata_path(self.path)
+        try:
+            previous = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            raise OutputExistsError(f"{self.path} has no readable settings file {meta}: it cannot be resumed safely; "
+                                    "pass --force to overwrite it") from None
+        if previous != json.loads(json.dumps(self.settings)):
+            changed = sorted(k for k in set(previous) | set(self.settings) if previous.get(k) != self.settings.get(k))
+            raise OutputExistsError(f"{self.path} was made with other settings ({', '.join(changed)} differ): "
+                                    "resume with the same settings, --force to overwrite, or another --out")
+
+    def _recover_rows(self) -> set[int]:
+        """Indices already written; a torn last row (a crash mid-write) is cut off."""
+        self._handle.seek(0)
+        text = self._handle.read()
+        complete = text[: text.rfind("\n") + 1]
+        if len(complete) != len(text):
+            self._handle.truncate(len(complete.encode()))
+        lines = complete.splitlines()
+        if not lines or tuple(lines[0].split("\t")) != self.columns:
+            raise OutputExistsError(f"{self.path} does not start with the expected header; pass --force to overwrite")
+        self._handle.seek(0, os.SEEK_END)
+        return {int(line.split("\t", 1)[0]) for line in lines[1:] if line}
+
+    def write(self, row: dict) -> None:
+        self._handle.write("\t".join(str(row[c]) for c in self.columns) + "\n")
+        self._sync()
+        self.done.add(int(row["idx"]))
+
+    def _sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a result TSV (ours or one written by Cohen et al.'s code), as dicts of strings."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except OSError as exc:
+        raise DataError(f"cannot read results {path}: {exc.strerror}") from None
+    missing = [c for c in ("idx", "label", "predict", "radius", "correct") if c not in fields]
+    if missing:
+        raise DataError(f"{path} lacks the columns {missing}: expected a tab-separated file with Cohen's header "
+                        "'idx label predict radius correct time'")
+    return rows

@@ -1,0 +1,135 @@
+"""The command line: thin over the library, one clear line and exit status 2 for every user mistake."""
+
+import pytest
+import torch
+
+from intrs.cli import main
+from intrs.results import read_results
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("intrs: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def certify_args(checkpoint, out, *extra):
+    return ["certify", "--checkpoint", checkpoint, "--n0", 16, "--n", 64, "--alpha", 0.01, "--batch", 32,
+            "--max", 5, "--out", out, *extra]
+
+
+def test_certify_writes_cohen_rows_and_prints_the_table(capsys, tmp_path, digits_checkpoint):
+    out = tmp_path / "c.tsv"
+    code, stdout, _ = run_cli(capsys, *certify_args(digits_checkpoint, out))
+    assert code == 0 and "| system | sigma | images | r = 0 |" in stdout
+    rows = read_results(out)
+    assert [r["idx"] for r in rows] == ["0", "1", "2", "3", "4"]
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert {"counts_top", "n", "pA_lower", "sigma", "alpha", "system"} <= set(header)
+    assert all(r["system"] == "floatrs-fp" and r["sigma"] == "0.25" and r["n"] == "64" for r in rows)
+
+
+def test_certify_same_seed_same_rows_and_skip_selects_like_cohen(capsys, tmp_path, digits_checkpoint):
+    run_cli(capsys, *certify_args(digits_checkpoint, tmp_path / "a.tsv"))
+    run_cli(capsys, *certify_args(digits_checkpoint, tmp_path / "b.tsv", "--skip", 2))
+    a = {r["idx"]: r for r in read_results(tmp_path / "a.tsv")}
+    b = read_results(tmp_path / "b.tsv")
+    assert [r["idx"] for r in b] == ["0", "2", "4", "6", "8"]
+    for r in b[:3]:  # the same image gets the same streams whatever else runs
+        assert {k: v for k, v in r.items() if k != "time"} == {k: v for k, v in a[r["idx"]].items() if k != "time"}
+
+
+def test_interrupted_certify_resumes_without_recomputing(capsys, tmp_path, digits_checkpoint):
+    out = tmp_path / "c.tsv"
+    run_cli(capsys, *certify_args(digits_checkpoint, out))
+    full = out.read_text().splitlines()
+    out.write_text("\n".join(full[:3]) + "\n" + full[3][:7])  # two rows done, the third torn
+    code, _, _ = run_cli(capsys, *certify_args(digits_checkpoint, out, "--resume"))
+    assert code == 0
+    strip = lambda lines: [line.split("\t")[:5] + line.split("\t")[6:] for line in lines]
+    assert strip(out.read_text().splitlines()) == strip(full)
+
+
+def test_predict_writes_rows(capsys, tmp_path, digits_checkpoint):
+    out = tmp_path / "p.tsv"
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", digits_checkpoint, "--n", 50, "--max", 3,
+                         "--out", out)
+    rows = read_results(out)
+    assert code == 0 and len(rows) == 3 and all(r["radius"] == "0" for r in rows)
+    assert all(int(r["counts_top"]) >= int(r["counts_second"]) for r in rows)
+
+
+def test_analyze_prints_side_by_side(capsys, tmp_path, digits_checkpoint):
+    run_cli(capsys, *certify_args(digits_checkpoint, tmp_path / "a.tsv"))
+    run_cli(capsys, *certify_args(digits_checkpoint, tmp_path / "b.tsv", "--sigma", 0.5))
+    code, out, _ = run_cli(capsys, "analyze", tmp_path / "a.tsv", tmp_path / "b.tsv", "--format", "csv")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3 and lines[1].startswith("floatrs-fp,0.25,") \
+        and lines[2].startswith("floatrs-fp,0.5,")
+
+
+def test_train_command_trains_and_reports(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "train", "--dataset", "digits", "--arch", "resnet8", "--width", 4, "--sigma",
+                           0.12, "--schedule", "ci", "--epochs", 1, "--out", tmp_path / "m")
+    assert code == 0 and "epoch 1" in out and (tmp_path / "m" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--sigma", "0"], ["sigma must be a positive number"]),
+    (["--sigma", "-1"], ["sigma must be a positive number"]),
+    (["--n0", "100", "--n", "10"], ["n0", "1..n = 10"]),
+    (["--alpha", "0"], ["alpha must lie strictly between 0 and 1"]),
+    (["--alpha", "1"], ["alpha must lie strictly between 0 and 1"]),
+    (["--system", "intrs-quantum"], ["unknown system 'intrs-quantum'", "floatrs-fp"]),
+    (["--dataset", "fashion-mnist", "--data-dir", "."], ["Fashion-MNIST file"]),
+    (["--n", "many"], ["'many' is not a valid integer"]),
+])
+def test_bad_certify_input_is_one_line_and_exit_2(capsys, tmp_path, digits_checkpoint, extra, fragments):
+    out = tmp_path / "c.tsv"
+    code, _, err = run_cli(capsys, "certify", "--checkpoint", digits_checkpoint, "--out", out, *extra)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+def test_missing_and_corrupt_checkpoints(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "certify", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "c.tsv")
+    assert_one_line_error(code, err, "none.pt not found")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", tmp_path / "bad.pt", "--out", tmp_path / "c.tsv")
+    assert_one_line_error(code, err, "bad.pt is corrupt")
+
+
+def test_checkpoint_for_another_dataset_or_channel_count(capsys, tmp_path, digits_checkpoint, cifar_dir):
+    code, _, err = run_cli(capsys, "certify", "--checkpoint", digits_checkpoint, "--dataset", "cifar10",
+                           "--data-dir", cifar_dir, "--out", tmp_path / "c.tsv")
+    assert_one_line_error(code, err, "trained on digits (1 channels", "cifar10 (3 channels")
+
+
+def test_existing_output_is_kept(capsys, tmp_path, digits_checkpoint):
+    out = tmp_path / "c.tsv"
+    run_cli(capsys, *certify_args(digits_checkpoint, out))
+    before = out.read_text()
+    code, _, err = run_cli(capsys, *certify_args(digits_checkpoint, out, "--sigma", 0.5))
+    assert_one_line_error(code, err, "already exists", "--force")
+    code, _, err = run_cli(capsys, *certify_args(digits_checkpoint, out, "--sigma", 0.5, "--resume"))
+    assert_one_line_error(code, err, "other settings (sigma differ)")
+    assert out.read_text() == before
+
+
+def test_unknown_flag_and_missing_data_are_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "certify", "--bogus")
+    assert_one_line_error(code, err, "--bogus")
+    code, _, err = run_cli(capsys, "train", "--dataset", "cifar10", "--sigma", 0.25, "--out", tmp_path)
+    assert_one_line_error(code, err, "cannot be downloaded", "--data-dir")
+    code, _, err = run_cli(capsys, "analyze", tmp_path / "none.tsv")
+    assert_one_line_error(code, err, "none.tsv")
