@@ -79,3 +79,28 @@ def digits_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits_model")
     config = TrainConfig("digits", 0.25, arch="resnet8", width=4, schedule="ci", eval_images=200)
     return train(config, out).path
+
+
+@pytest.fixture(scope="session")
+def fashion_checkpoint(tmp_path_factory):
+    """A small ResNet-8 trained briefly on real Fashion-MNIST at sigma = 0.25."""
+    from intrs.data import FASHION_MNIST_DEFAULT_DIR
+
+    if not (FASHION_MNIST_DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (scripts/setup.sh installs Debian's dataset-fashion-mnist)")
+    out = tmp_path_factory.mktemp("fashion_model")
+    config = TrainConfig("fashion-mnist", 0.25, arch="resnet8", width=8, schedule="ci", epochs=2, lr=0.1,
+                         train_subset=4096, eval_images=500)
+    return train(config, out)
+
+
+@pytest.fixture(scope="session")
+def fashion_qat(fashion_checkpoint, tmp_path_factory):
+    """That model after one short epoch of quantization-aware training, as an integer model file."""
+    from intrs.intmodel import save_integer_model
+    from intrs.quant import QuantizeConfig, quantize
+
+    model, metrics = quantize(fashion_checkpoint, QuantizeConfig("qat", epochs=1, train_subset=2048,
+                                                                  calibration_images=512, eval_images=200))
+    path = save_integer_model(model, tmp_path_factory.mktemp("fashion_int") / "model.npz")
+    return path, metrics

@@ -17,7 +17,9 @@ from . import __version__
 from .certification import CertifySettings, run
 from .checkpoint import load_checkpoint
 from .data import DATASETS, load_dataset
-from .errors import IntrsError
+from .errors import IntrsError, OutputExistsError
+from .intmodel import save_integer_model
+from .quant import QuantizeConfig, quantize
 from .report import analyze
 from .systems import SYSTEMS, make_system
 from .training import CHECKPOINT_NAME, SCHEDULES, TrainConfig, train
@@ -69,6 +71,44 @@ def _print_training(ckpt) -> None:
     m = ckpt.metrics
     click.echo(f"checkpoint {ckpt.path} (epoch {ckpt.epoch}): test accuracy clean {m['test_accuracy_clean']:.4f}, "
                f"under noise sigma={ckpt.sigma:g} {m['test_accuracy_noisy']:.4f} on {m['eval_images']} images")
+
+
+# ---------------------------------------------------------------- quantize
+
+
+@cli.command("quantize")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Float model from 'intrs train'.")
+@click.option("--qat", "method", flag_value="qat", help="Quantization-aware training with discrete Gaussian noise "
+              "(IntRS).")
+@click.option("--ptq", "method", flag_value="ptq", help="Post-training quantization, calibrated on clean images "
+              "(the FloatRS-quant baseline).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Integer model file (.npz).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set.")
+@click.option("--epochs", type=int, default=1, show_default=True, help="QAT fine-tuning epochs.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="QAT learning rate.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--train-subset", type=int, help="Fine-tune on the first N training images only.")
+@click.option("--calibration-images", type=int, default=1000, show_default=True)
+@click.option("--calibration-noise/--no-calibration-noise", default=None,
+              help="Calibrate ranges on noisy inputs [default: yes for QAT, no for PTQ].")
+@click.option("--eval-images", type=int, default=500, show_default=True, help="Test images scored at the end.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, train_subset, calibration_images,
+                     calibration_noise, eval_images, seed, force) -> None:
+    """Convert a float checkpoint to an integer-only model (int8 weights, int32 biases, TFLite requantization)."""
+    if method is None:
+        raise click.UsageError("choose --qat (IntRS) or --ptq (FloatRS-quant)")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists: pass --force to overwrite it or choose another --out")
+    config = QuantizeConfig(method, epochs, lr, batch_size, train_subset, calibration_images, calibration_noise,
+                            seed, eval_images)
+    model, metrics = quantize(load_checkpoint(checkpoint), config, data_dir, progress=_progress)
+    save_integer_model(model, out)
+    click.echo(f"wrote {out}: {len(model.layers)} integer layers; under discrete noise sigma={model.meta['sigma']:g} "
+               f"on {metrics['eval_images']} test images: engine accuracy {metrics['engine_accuracy_noisy']:.4f}, "
+               f"fake-quantized twin {metrics['twin_accuracy_noisy']:.4f}, "
+               f"agreement {metrics['engine_twin_agreement']:.4f}")
 
 
 # ---------------------------------------------------------------- certify / predict

@@ -23,7 +23,7 @@ from scipy.stats import beta, binomtest
 
 from .errors import ConfigError
 from .noise import NoiseLaw
-from .rng import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, random_stream
+from .rng import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, stream_seed
 
 ABSTAIN = -1
 
@@ -101,8 +101,10 @@ class SmoothedClassifier:
         check_sample_sizes(1, batch_size=batch_size)
         self.base, self.noise, self.num_classes, self.batch_size = base, noise, int(num_classes), int(batch_size)
 
-    def sample_counts(self, pixels: torch.Tensor, num: int, generator: torch.Generator) -> np.ndarray:
-        """Votes of the base classifier on ``num`` noisy copies of ``pixels``, drawn in batches."""
+    def sample_counts(self, pixels: torch.Tensor, num: int, seed: int) -> np.ndarray:
+        """Votes of the base classifier on ``num`` noisy copies of ``pixels``, drawn in batches
+        from the noise law's generator seeded with the 64-bit ``seed``."""
+        generator = self.noise.generator(seed)
         counts = np.zeros(self.num_classes, dtype=np.int64)
         remaining = int(num)
         while remaining > 0:
@@ -122,9 +124,9 @@ class SmoothedClassifier:
         """
         check_sample_sizes(n, n0)
         alpha = check_alpha(alpha)
-        selection = self.sample_counts(pixels, n0, random_stream(seed, idx, STAGE_SELECT))
+        selection = self.sample_counts(pixels, n0, stream_seed(seed, idx, STAGE_SELECT))
         top = int(selection.argmax())
-        estimation = self.sample_counts(pixels, n, random_stream(seed, idx, STAGE_ESTIMATE))
+        estimation = self.sample_counts(pixels, n, stream_seed(seed, idx, STAGE_ESTIMATE))
         counts_top = int(estimation[top])
         p_lower = clopper_pearson_lower(counts_top, n, alpha)
         if p_lower <= 0.5:
@@ -140,7 +142,7 @@ class SmoothedClassifier:
         """
         check_sample_sizes(n)
         alpha = check_alpha(alpha)
-        counts = self.sample_counts(pixels, n, random_stream(seed, idx, STAGE_PREDICT))
+        counts = self.sample_counts(pixels, n, stream_seed(seed, idx, STAGE_PREDICT))
         # A stable sort keeps the lower class index first among equal counts.
         order = np.argsort(-counts, kind="stable")
         top, second = int(order[0]), int(order[1]) if len(order) > 1 else int(order[0])

@@ -1,0 +1,96 @@
+"""The discrete Gaussian: the exact oracle (CKS 2020) and the fast table sampler against the pmf."""
+
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from intrs.noise import (DiscreteGaussianNoise, discrete_gaussian_pmf, discrete_gaussian_table, exact_discrete_gaussian,
+                         numpy_generator, sigma_in_pixel_steps)
+
+SIGMAS_Q = [Fraction(1), Fraction(3), Fraction("30.6"), Fraction("63.75"), Fraction("127.5"), Fraction(255)]
+
+
+def chi_square_p_value(samples: np.ndarray, sigma_q: Fraction) -> float:
+    """Goodness of fit against the exact pmf, on bins of at least 20 expected draws (tails pooled)."""
+    s = float(sigma_q)
+    edges = np.unique(np.round(np.linspace(-4 * s, 4 * s, 41)).astype(int))
+    ks = np.arange(-10 * int(s) - 20, 10 * int(s) + 21)
+    pmf = discrete_gaussian_pmf(sigma_q, ks)
+    which = np.searchsorted(edges, ks, side="right")
+    expected = np.bincount(which, weights=pmf, minlength=len(edges) + 1) * len(samples)
+    observed = np.bincount(np.searchsorted(edges, samples, side="right"), minlength=len(edges) + 1)
+    keep = expected >= 20
+    observed = np.append(observed[keep], observed[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    expected *= observed.sum() / expected.sum()
+    return float(chisquare(observed, expected).pvalue)
+
+
+@pytest.mark.parametrize("sigma_q", SIGMAS_Q, ids=str)
+def test_fast_sampler_fits_the_exact_pmf(sigma_q):
+    samples = discrete_gaussian_table(sigma_q).sample((400_000,), numpy_generator(11))
+    assert samples.dtype == np.int32
+    assert chi_square_p_value(samples, sigma_q) > 1e-4
+    exact_variance = float((discrete_gaussian_pmf(sigma_q, np.arange(-4000, 4001)) * np.arange(-4000, 4001) ** 2).sum())
+    standard_error = exact_variance * np.sqrt(2 / len(samples))
+    assert abs(samples.var() - exact_variance) < 5 * standard_error
+    assert abs(samples.mean()) < 5 * np.sqrt(exact_variance / len(samples))
+
+
+@pytest.mark.parametrize("sigma_q", SIGMAS_Q, ids=str)
+def test_exact_oracle_fits_the_exact_pmf(sigma_q):
+    samples = np.array(exact_discrete_gaussian(sigma_q, 4000, random.Random(int(sigma_q * 100))))
+    assert chi_square_p_value(samples, sigma_q) > 1e-4
+    assert abs(samples.mean()) < 5 * float(sigma_q) / np.sqrt(len(samples))
+
+
+def test_oracle_and_fast_sampler_agree_with_each_other():
+    sigma_q = Fraction(3)
+    exact = np.array(exact_discrete_gaussian(sigma_q, 5000, random.Random(1)))
+    fast = discrete_gaussian_table(sigma_q).sample((5000,), numpy_generator(2))
+    values = np.arange(-12, 13)
+    a = np.array([(exact == v).sum() for v in values]) + 1
+    b = np.array([(fast == v).sum() for v in values]) + 1
+    assert chisquare(a, b * a.sum() / b.sum()).pvalue > 1e-4
+
+
+def test_variance_is_below_sigma_squared_only_for_small_sigma():
+    ks = np.arange(-50, 51)
+    for s, below in ((Fraction(1, 2), True), (Fraction(1), False)):
+        var = float((discrete_gaussian_pmf(s, ks) * ks ** 2).sum())
+        assert (var < float(s) ** 2 - 1e-6) == below
+
+
+def test_fast_sampler_is_reproducible_from_a_seed():
+    table = discrete_gaussian_table(Fraction("63.75"))
+    a = table.sample((3, 28, 28), numpy_generator(123))
+    b = table.sample((3, 28, 28), numpy_generator(123))
+    c = table.sample((3, 28, 28), numpy_generator(124))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_table_is_a_cdf_over_the_documented_support():
+    table = discrete_gaussian_table(Fraction(255))
+    thresholds = [int(h) << 64 | int(l) for h, l in zip(table.high, table.low)]
+    assert thresholds == sorted(thresholds) and table.support < 2 ** 16
+    assert table.values[0] == -table.support and table.values[-1] == table.support
+    # The first threshold is the mass at -K: far below 2^-100 of 2^128.
+    assert thresholds[0] < 2 ** 28
+
+
+def test_sigma_in_pixel_steps_reads_the_decimal_literally():
+    assert sigma_in_pixel_steps(0.12) == Fraction(153, 5)
+    assert sigma_in_pixel_steps(0.25) == Fraction(255, 4)
+
+
+def test_discrete_noise_is_added_to_integer_pixels_without_clipping():
+    noise = DiscreteGaussianNoise(1.0)
+    pixels = torch.full((1, 8, 8), 250, dtype=torch.uint8)
+    z = noise.perturb(pixels, 500, noise.generator(0))
+    assert z.dtype == torch.int32 and z.shape == (500, 1, 8, 8)
+    assert int(z.max()) > 255 + 255 and int(z.min()) < 0  # the lattice is unbounded
+    assert abs(float(z.float().mean()) - 250) < 3
