@@ -224,3 +224,22 @@ def test_qat_model_matches_its_fake_quantized_twin_on_noisy_fashion_mnist(fashio
         top2 = twin_q[i].topk(2).values
         assert top2[0] - top2[1] <= 2
     assert float((engine_labels == test.labels).float().mean()) > 0.5  # it learned something
+
+
+def test_resnet50_converts_and_runs_on_the_integer_engine():
+    """Bottlenecks, the 7x7 stride-2 stem and max pooling: everything ResNet-50 needs."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(ModelConfig("resnet50", 3, 11, (0.485, 0.456, 0.406),
+                                                        (0.229, 0.224, 0.225))))
+    qmodel = prepare(model, (3, 48, 48))
+    with torch.no_grad():
+        qmodel(torch.randint(0, 256, (8, 3, 48, 48)).float())
+    integer = qmodel.to_integer_model()
+    assert sum(layer.op == "max_pool" for layer in integer.layers) == 1
+    z = torch.randint(-100, 356, (4, 3, 48, 48), dtype=torch.int32)
+    logits = engine.forward(integer, z)
+    with torch.no_grad():
+        twin = QuantModel.from_integer_model(integer)(z.float())
+    scale, zero = integer.value_qparams[integer.output_name]
+    assert logits.shape == (4, 11) and logits.dtype == torch.int8
+    assert (torch.round(twin / scale) + zero - logits).abs().float().mean() < 2
