@@ -104,3 +104,20 @@ def fashion_qat(fashion_checkpoint, tmp_path_factory):
                                                                   calibration_images=512, eval_images=200))
     path = save_integer_model(model, tmp_path_factory.mktemp("fashion_int") / "model.npz")
     return path, metrics
+
+
+@pytest.fixture(scope="session")
+def digits_int_models(digits_checkpoint, tmp_path_factory):
+    """QAT and PTQ integer models of the tiny digits ResNet-8: {'qat': path, 'ptq': path}."""
+    from intrs.checkpoint import load_checkpoint
+    from intrs.intmodel import save_integer_model
+    from intrs.quant import QuantizeConfig, quantize
+
+    out = tmp_path_factory.mktemp("digits_int")
+    checkpoint = load_checkpoint(digits_checkpoint)
+    paths = {}
+    for method in ("qat", "ptq"):
+        model, _ = quantize(checkpoint, QuantizeConfig(method, epochs=1, train_subset=256, calibration_images=256,
+                                                       eval_images=100))
+        paths[method] = save_integer_model(model, out / f"{method}.npz")
+    return paths

@@ -133,3 +133,56 @@ def test_unknown_flag_and_missing_data_are_one_line(capsys, tmp_path):
     assert_one_line_error(code, err, "cannot be downloaded", "--data-dir")
     code, _, err = run_cli(capsys, "analyze", tmp_path / "none.tsv")
     assert_one_line_error(code, err, "none.tsv")
+
+
+def three_systems(checkpoint, models, out, *extra):
+    return ["certify", "--system", "floatrs-fp,intrs-quant", "--system", "floatrs-quant", "--checkpoint", checkpoint,
+            "--int-model", models["qat"], "--ptq-model", models["ptq"], "--n0", 16, "--n", 64, "--alpha", 0.01,
+            "--batch", 64, "--max", 4, "--out", out, *extra]
+
+
+def test_three_systems_on_the_same_images_one_tsv_each(capsys, tmp_path, digits_checkpoint, digits_int_models):
+    code, stdout, _ = run_cli(capsys, *three_systems(digits_checkpoint, digits_int_models,
+                                                     str(tmp_path / "{system}.tsv")))
+    assert code == 0
+    noises = {"floatrs-fp": "gaussian", "intrs-quant": "discrete-gaussian", "floatrs-quant": "rounded-gaussian"}
+    for system, noise in noises.items():
+        rows = read_results(tmp_path / f"{system}.tsv")
+        assert [r["idx"] for r in rows] == ["0", "1", "2", "3"]
+        assert all(r["system"] == system and r["noise"] == noise for r in rows)
+    table_lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table_lines[1:]] == ["| floatrs-fp", "| intrs-quant", "| floatrs-quant"]
+
+
+def test_intrs_quant_with_rounded_gaussian_noise(capsys, tmp_path, digits_int_models):
+    out = tmp_path / "r.tsv"
+    code, _, _ = run_cli(capsys, "predict", "--system", "intrs-quant", "--int-model", digits_int_models["qat"],
+                         "--noise", "rounded-gaussian", "--n", 50, "--max", 2, "--out", out)
+    assert code == 0 and all(r["noise"] == "rounded-gaussian" for r in read_results(out))
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--system", "intrs-quant"], ["intrs-quant needs --int-model"]),
+    (["--system", "floatrs-fp,intrs-quant", "--checkpoint", "CKPT", "--int-model", "QAT"], ["{system}"]),
+    (["--system", "floatrs-fp,floatrs-fp", "--checkpoint", "CKPT"], ["listed twice"]),
+    (["--system", "intrs-quant", "--int-model", "CKPT"], ["not an intrs integer model"]),
+    (["--system", "intrs-quant", "--int-model", "QAT", "--dataset", "fashion-mnist", "--data-dir", "FASHION"],
+     ["was made for digits", "fashion-mnist"]),
+])
+def test_bad_system_choices_are_one_line(capsys, tmp_path, digits_checkpoint, digits_int_models, fashion_dir, args,
+                                         fragments):
+    subst = {"CKPT": str(digits_checkpoint), "QAT": str(digits_int_models["qat"]), "FASHION": str(fashion_dir)}
+    args = [subst.get(a, a) for a in args]
+    code, _, err = run_cli(capsys, "certify", "--out", tmp_path / "o.tsv", *args)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_quantize_command_writes_an_integer_model(capsys, tmp_path, digits_checkpoint):
+    out = tmp_path / "m.npz"
+    code, stdout, _ = run_cli(capsys, "quantize", "--checkpoint", digits_checkpoint, "--ptq", "--calibration-images",
+                              64, "--eval-images", 50, "--out", out)
+    assert code == 0 and out.exists() and "engine accuracy" in stdout
+    code, _, err = run_cli(capsys, "quantize", "--checkpoint", digits_checkpoint, "--ptq", "--out", out)
+    assert_one_line_error(code, err, "already exists")
+    code, _, err = run_cli(capsys, "quantize", "--checkpoint", digits_checkpoint, "--out", tmp_path / "x.npz")
+    assert_one_line_error(code, err, "--qat", "--ptq")

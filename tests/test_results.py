@@ -79,9 +79,11 @@ def test_analyze_reads_cohens_own_files(tmp_path):
     with ResultWriter(ours, COLUMNS, {}) as writer:
         writer.write(row(0, "0.7"))
     table = analyze([cohen, ours])
+    assert analyze([ours, cohen]).rows == table.rows
     assert table.radii[:3] == [0.0, 0.25, 0.5] and table.radii[-1] == 1.5
-    assert table.rows[0]["system"] == "noise_0.25" and table.rows[1]["system"] == "floatrs-fp"
-    assert table.rows[0]["accuracies"][:4] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0])
+    # the paper's order: known systems first, then other files
+    assert table.rows[0]["system"] == "floatrs-fp" and table.rows[1]["system"] == "noise_0.25"
+    assert table.rows[1]["accuracies"][:4] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0])
     markdown = table.to_markdown()
     assert "| noise_0.25 |  | 3 | 0.667 | 0.667 | 0.333 | 0.000 |" in markdown
     assert table.to_csv().splitlines()[0].startswith("system,sigma,file,images,0,0.25,0.5")

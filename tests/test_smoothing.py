@@ -4,7 +4,8 @@ import torch
 from scipy.stats import beta, norm
 
 from intrs.errors import ConfigError
-from intrs.noise import GaussianNoise, cohen_radius
+from intrs.certificate import certified_radius as cohen_radius
+from intrs.noise import GaussianNoise
 from intrs.results import format_radius
 from intrs.smoothing import ABSTAIN, SmoothedClassifier, binomial_p_value, clopper_pearson_lower
 

@@ -19,7 +19,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import DATASETS, ImageSet, load_dataset, to_pixels
 from .errors import CheckpointError, ConfigError, DataError, IntrsError, OutputExistsError
 from .models import ModelConfig, build_model, load_torchvision_state_dict
-from .noise import GaussianNoise, cohen_radius
+from .certificate import certified_radius, radius_table
+from .noise import DiscreteGaussianNoise, GaussianNoise, RoundedGaussianNoise, noise_law
 from .report import analyze, certified_accuracy
 from .smoothing import ABSTAIN, Certificate, Prediction, SmoothedClassifier, TorchClassifier
 from .systems import System, make_system
@@ -29,6 +30,7 @@ __all__ = [
     "ABSTAIN", "Certificate", "CertifySettings", "Checkpoint", "CheckpointError", "ConfigError", "DATASETS",
     "DataError", "GaussianNoise", "ImageSet", "IntrsError", "ModelConfig", "OutputExistsError", "Prediction",
     "SCHEDULES", "SmoothedClassifier", "System", "TorchClassifier", "TrainConfig", "analyze", "build_model",
-    "certified_accuracy", "cohen_radius", "load_checkpoint", "load_dataset", "load_torchvision_state_dict",
+    "certified_accuracy", "certified_radius", "radius_table", "DiscreteGaussianNoise",
+    "RoundedGaussianNoise", "noise_law", "load_checkpoint", "load_dataset", "load_torchvision_state_dict",
     "make_system", "run", "save_checkpoint", "to_pixels", "train",
 ]

@@ -17,11 +17,11 @@ from . import __version__
 from .certification import CertifySettings, run
 from .checkpoint import load_checkpoint
 from .data import DATASETS, load_dataset
-from .errors import IntrsError, OutputExistsError
-from .intmodel import save_integer_model
+from .errors import ConfigError, IntrsError, OutputExistsError
+from .intmodel import IntegerModel, load_integer_model, save_integer_model
 from .quant import QuantizeConfig, quantize
 from .report import analyze
-from .systems import SYSTEMS, make_system
+from .systems import INTRS_NOISES, SYSTEM_NAMES, check_integer_model_fits, make_system
 from .training import CHECKPOINT_NAME, SCHEDULES, TrainConfig, train
 
 RADIUS_NOTE = ("Radii are L2 norms in [0,1] pixel units (pixel / 255), as in Cohen et al. and the paper; "
@@ -116,11 +116,19 @@ def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, 
 
 def _smoothing_options(command):
     options = [
-        click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Model from 'intrs train'."),
-        click.option("--system", default="floatrs-fp", show_default=True,
-                     help=f"Which system to run: {', '.join(SYSTEMS)}."),
+        click.option("--system", "systems", multiple=True, default=("floatrs-fp",), show_default=True,
+                     help=f"System(s) to run on the same images: {', '.join(SYSTEM_NAMES)}; repeat the flag or "
+                          "separate with commas."),
+        click.option("--checkpoint", type=click.Path(path_type=Path), help="Float model (floatrs-fp)."),
+        click.option("--int-model", type=click.Path(path_type=Path),
+                     help="Integer model for intrs-quant ('intrs quantize --qat')."),
+        click.option("--ptq-model", type=click.Path(path_type=Path),
+                     help="Integer model for floatrs-quant ('intrs quantize --ptq')."),
+        click.option("--noise", type=click.Choice(INTRS_NOISES), default="discrete-gaussian", show_default=True,
+                     help="IntRS-quant's noise: the paper's discrete Gaussian, or the rounded Gaussian whose "
+                          "certificate has a complete proof."),
         click.option("--sigma", type=float, help="Noise level in [0,1] pixel units [default: the training sigma]."),
-        click.option("--dataset", type=click.Choice(list(DATASETS)), help="[default: the checkpoint's data set]"),
+        click.option("--dataset", type=click.Choice(list(DATASETS)), help="[default: the model's data set]"),
         click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set."),
         click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True),
         click.option("--n", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo samples."),
@@ -129,7 +137,8 @@ def _smoothing_options(command):
         click.option("--skip", type=int, default=1, show_default=True, help="Use every SKIP-th image (Cohen)."),
         click.option("--max", "max_images", type=int, help="Stop after this many images."),
         click.option("--seed", type=int, default=0, show_default=True, help="Root seed of every image's streams."),
-        click.option("--out", type=click.Path(path_type=Path), required=True, help="Output TSV."),
+        click.option("--out", required=True,
+                     help="Output TSV; with several systems a path containing {system}."),
         click.option("--resume", is_flag=True, help="Finish an interrupted --out (same settings)."),
         click.option("--force", is_flag=True, help="Overwrite an existing --out."),
     ]
@@ -138,41 +147,98 @@ def _smoothing_options(command):
     return command
 
 
-def _run_smoothing(mode, checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force) -> None:
-    ckpt = load_checkpoint(checkpoint)
-    data = load_dataset(dataset or ckpt.dataset, split, data_dir)
-    ckpt.check_fits(data.info)
-    chosen = make_system(system, ckpt, ckpt.sigma if sigma is None else sigma)
-    provenance = {"checkpoint": str(checkpoint), "train_sigma": ckpt.sigma, "checkpoint_epoch": ckpt.epoch}
-    path = run(mode, chosen, data, settings, out, provenance=provenance, force=force, resume=resume,
-               progress=_progress)
-    click.echo(f"wrote {path}")
+def _chosen_systems(systems: tuple[str, ...]) -> list[str]:
+    names = [name.strip() for entry in systems for name in entry.split(",") if name.strip()]
+    for name in names:
+        if name not in SYSTEM_NAMES:
+            raise ConfigError(f"unknown system {name!r}: choose from {', '.join(SYSTEM_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"system listed twice: {', '.join(names)}")
+    return names
+
+
+def _load_sources(names, checkpoint, int_model, ptq_model) -> dict:
+    """Each system's model, loaded once: a float checkpoint or an integer model file."""
+    needs = {"floatrs-fp": ("--checkpoint", checkpoint, load_checkpoint),
+             "intrs-quant": ("--int-model", int_model, load_integer_model),
+             "floatrs-quant": ("--ptq-model", ptq_model, load_integer_model)}
+    sources = {}
+    for name in names:
+        flag, path, loader = needs[name]
+        if path is None:
+            raise ConfigError(f"{name} needs {flag}")
+        sources[name] = (loader(path), path)
+    return sources
+
+
+def _model_facts(source) -> tuple[str, float]:
+    """(data set, training sigma) of a float checkpoint or an integer model."""
+    if isinstance(source, IntegerModel):
+        return source.meta.get("dataset"), source.meta.get("sigma")
+    return source.dataset, source.sigma
+
+
+def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, settings,
+                   out, resume, force) -> None:
+    names = _chosen_systems(systems)
+    if len(names) > 1 and "{system}" not in out:
+        raise ConfigError("several systems write one TSV each: put {system} in --out, e.g. --out runs/{system}.tsv")
+    sources = _load_sources(names, checkpoint, int_model, ptq_model)
+    facts = {name: _model_facts(source) for name, (source, _) in sources.items()}
+    dataset = dataset or next(d for d, _ in facts.values())
+    data = load_dataset(dataset, split, data_dir)
+    paths = []
+    for name in names:
+        source, path = sources[name]
+        if isinstance(source, IntegerModel):
+            check_integer_model_fits(source, data.info, path)
+        else:
+            source.check_fits(data.info)
+        train_sigma = facts[name][1]
+        if sigma is None and train_sigma is None:
+            raise ConfigError(f"{path} records no training sigma: pass --sigma")
+        chosen = make_system(name, source, train_sigma if sigma is None else sigma,
+                             noise if name == "intrs-quant" else None)
+        provenance = {"model": str(path), "train_sigma": train_sigma}
+        target = Path(out.replace("{system}", name))
+        paths.append(run(mode, chosen, data, settings, target, provenance=provenance, force=force, resume=resume,
+                         progress=_progress))
+        click.echo(f"wrote {target}")
     if mode == "certify":
-        click.echo(analyze([path]).to_markdown(), nl=False)
+        click.echo(analyze(paths).to_markdown(), nl=False)
 
 
 @cli.command("certify")
 @_smoothing_options
 @click.option("--n0", type=int, default=100, show_default=True, help="Samples that select the top class.")
-def certify_command(checkpoint, system, sigma, dataset, data_dir, split, n, alpha, batch, skip, max_images, seed,
-                    out, resume, force, n0) -> None:
+def certify_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
+                    batch, skip, max_images, seed, out, resume, force, n0) -> None:
     """Certify test images (Cohen's CERTIFY): one TSV row per image with its certified L2 radius.
 
-    The radius is the paper's R = sigma * PhiInv(pA_lower) in [0,1] pixel units. Under the continuous
-    Gaussian (floatrs-fp) it is Cohen et al.'s theorem. The adversary moves whole 8-bit pixel steps
-    wherever the noise lives on the integer grid.
+    \b
+    The radius is R = sigma * PhiInv(pA_lower) in [0,1] pixel units, for every system:
+      floatrs-fp     continuous Gaussian: Cohen et al.'s theorem (proven);
+      floatrs-quant  Gaussian rounded to the pixel grid: Cohen's theorem for f(round(.)) (proven);
+      intrs-quant    discrete Gaussian (the paper's Proposition 3.1): proven for shifts along one
+                     coordinate (every radius CERTIFY returns at sigma_q = 255 sigma >= 1.5),
+                     checked exactly for all integer directions with ||delta||^2 <= 25 at
+                     sigma_q in {1, 2}, open for general directions (docs/certificate.md);
+                     --noise rounded-gaussian gives IntRS a certificate with a complete proof.
+    On the integer grid the adversary moves whole 8-bit pixel steps.
     """
     settings = CertifySettings(n0, n, alpha, batch, seed, skip, max_images)
-    _run_smoothing("certify", checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force)
+    _run_smoothing("certify", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
+                   settings, out, resume, force)
 
 
 @cli.command("predict")
 @_smoothing_options
-def predict_command(checkpoint, system, sigma, dataset, data_dir, split, n, alpha, batch, skip, max_images, seed,
-                    out, resume, force) -> None:
+def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
+                    batch, skip, max_images, seed, out, resume, force) -> None:
     """Predict with the smoothed classifier (Cohen's PREDICT): abstain unless the top class wins a binomial test."""
     settings = CertifySettings(1, n, alpha, batch, seed, skip, max_images)
-    _run_smoothing("predict", checkpoint, system, sigma, dataset, data_dir, split, settings, out, resume, force)
+    _run_smoothing("predict", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
+                   settings, out, resume, force)
 
 
 # ---------------------------------------------------------------- analyze

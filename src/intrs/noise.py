@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from .certificate import certified_radius
 from .errors import ConfigError
 
 PIXEL_MAX = 255  # an 8-bit pixel p lies in {0..255}; the real image is p / 255 (SPEC section 1)
@@ -28,17 +29,6 @@ def check_sigma(sigma: float) -> float:
     if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ConfigError(f"sigma must be a positive number in [0,1] pixel units (e.g. 0.25), got {sigma!r}")
     return float(sigma)
-
-
-def cohen_radius(sigma: float, p_lower: float) -> float:
-    """Certified L2 radius R = sigma * PhiInv(pA_lower) (Cohen et al. 2019, Theorem 1, binary form).
-
-    Valid when pA_lower > 1/2 bounds the top-class probability of the smoothed
-    classifier from below; 0 otherwise (no certificate).
-    """
-    if p_lower <= 0.5:
-        return 0.0
-    return float(sigma * norm.ppf(p_lower))
 
 
 class NoiseLaw(Protocol):
@@ -76,7 +66,7 @@ class GaussianNoise:
         return noise.mul_(self.sigma).add_(x)
 
     def radius(self, p_lower: float) -> float:
-        return cohen_radius(self.sigma, p_lower)
+        return certified_radius(self.sigma, p_lower)
 
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma})"
@@ -220,6 +210,23 @@ def discrete_gaussian_table(sigma_q: Fraction) -> TableSampler:
         return TableSampler("discrete-gaussian", sigma_q, weights, normalizer)
 
 
+@lru_cache(maxsize=32)
+def rounded_gaussian_table(sigma_q: Fraction) -> TableSampler:
+    """The table sampler of round(eps), eps ~ N(0, sigma_q^2): P[k] = Phi((k + 1/2) / s) - Phi((k - 1/2) / s)."""
+    with mpmath.workprec(_PRECISION_BITS):
+        support = _tail_support(sigma_q)
+        s = mpmath.mpf(sigma_q.numerator) / sigma_q.denominator
+        edges = [mpmath.ncdf((mpmath.mpf(k) - mpmath.mpf(1) / 2) / s) for k in range(-support, support + 2)]
+        weights = [edges[i + 1] - edges[i] for i in range(2 * support + 1)]
+        return TableSampler("rounded-gaussian", sigma_q, weights, mpmath.mpf(1))
+
+
+def rounded_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
+    """P[round(eps) = k] for eps ~ N(0, sigma_q^2) (float64, for tests)."""
+    s, k = float(sigma_q), np.asarray(k, dtype=np.float64)
+    return norm.cdf((k + 0.5) / s) - norm.cdf((k - 0.5) / s)
+
+
 def discrete_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
     """The exact pmf P[k] (float64 values, for tests and plots), normalized by the theta sum."""
     s = float(sigma_q)
@@ -233,19 +240,20 @@ def numpy_generator(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
 
-class DiscreteGaussianNoise:
-    """IntRS noise: x_q + k with k ~ N_Z(0, sigma_q^2) per coordinate, sigma_q = 255 sigma (SPEC section 2).
+class LatticeNoise:
+    """Integer noise on the pixel grid: x_q + k, k drawn per coordinate from a table sampler.
 
-    Lives on the unbounded lattice (never truncated to [0, 255]); returns int32
-    noisy inputs in pixel steps.
+    Lives on the unbounded lattice (never truncated to [0, 255], SPEC section 2);
+    returns int32 noisy inputs in pixel steps, drawn from integer random bits only.
     """
 
-    name = "discrete-gaussian"
+    name = "lattice"
+    _table = None
 
     def __init__(self, sigma: float):
         self.sigma = check_sigma(sigma)
         self.sigma_q = sigma_in_pixel_steps(sigma)
-        self.table = discrete_gaussian_table(self.sigma_q)
+        self.table = type(self)._table(self.sigma_q)
 
     def generator(self, seed: int) -> np.random.Generator:
         return numpy_generator(seed)
@@ -255,7 +263,34 @@ class DiscreteGaussianNoise:
         return torch.from_numpy(noise).add_(pixels.to(torch.int32))
 
     def radius(self, p_lower: float) -> float:
-        return cohen_radius(self.sigma, p_lower)
+        return certified_radius(self.sigma, p_lower)
 
     def __repr__(self) -> str:
-        return f"DiscreteGaussianNoise(sigma={self.sigma}, sigma_q={self.sigma_q})"
+        return f"{type(self).__name__}(sigma={self.sigma}, sigma_q={self.sigma_q})"
+
+
+class DiscreteGaussianNoise(LatticeNoise):
+    """IntRS noise: k ~ N_Z(0, sigma_q^2), sigma_q = 255 sigma; the paper's Proposition 3.1 radius."""
+
+    name = "discrete-gaussian"
+    _table = staticmethod(discrete_gaussian_table)
+
+
+class RoundedGaussianNoise(LatticeNoise):
+    """k = round(eps / s), eps ~ N(0, sigma^2): continuous noise rounded to the grid (FloatRS-quant).
+
+    Adding it to a grid input is Cohen's smoothing of f composed with rounding, so
+    Cohen's radius holds exactly: the option whose certificate has a complete proof.
+    """
+
+    name = "rounded-gaussian"
+    _table = staticmethod(rounded_gaussian_table)
+
+
+def noise_law(name: str, sigma: float) -> NoiseLaw:
+    """The noise law called ``name`` at level ``sigma``."""
+    laws = {"gaussian": GaussianNoise, "discrete-gaussian": DiscreteGaussianNoise,
+            "rounded-gaussian": RoundedGaussianNoise}
+    if name not in laws:
+        raise ConfigError(f"unknown noise {name!r}: choose one of {', '.join(laws)}")
+    return laws[name](sigma)

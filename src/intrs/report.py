@@ -79,4 +79,17 @@ def analyze(paths: list[str | Path], max_radius: float | None = None, step: floa
             "system": first.get("system") or path.stem, "sigma": first.get("sigma", ""), "file": str(path),
             "images": len(rows), "accuracies": [certified_accuracy(rows, r) for r in radii],
         })
+    table.sort(key=_paper_order)
     return AccuracyTable(table, radii)
+
+
+_SYSTEM_ORDER = {"floatrs-fp": 0, "intrs-quant": 1, "floatrs-quant": 2}
+
+
+def _paper_order(row: dict) -> tuple:
+    """The paper's Table 2 order: FloatRS-fp, IntRS-quant, FloatRS-quant, each by increasing sigma."""
+    try:
+        sigma = float(row["sigma"])
+    except ValueError:
+        sigma = math.inf
+    return (_SYSTEM_ORDER.get(row["system"], len(_SYSTEM_ORDER)), row["system"], sigma, row["file"])

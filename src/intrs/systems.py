@@ -2,17 +2,32 @@
 
 A system is nothing more than that pair (SPEC section 4), so the three systems
 are three small constructors, not three code paths: every one is certified by
-the same ``SmoothedClassifier``.
+the same ``SmoothedClassifier`` and gets its radius from the same function
+(``intrs.certificate.certified_radius``).
+
+| system        | base classifier                  | noise                                  |
+|---------------|----------------------------------|----------------------------------------|
+| floatrs-fp    | float32 model                    | continuous Gaussian on x = p / 255     |
+| intrs-quant   | integer-only model (QAT)         | discrete Gaussian on x_q (or rounded)  |
+| floatrs-quant | integer model from PTQ           | continuous Gaussian rounded to the grid |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from . import engine
 from .checkpoint import Checkpoint
-from .errors import ConfigError
-from .noise import GaussianNoise, NoiseLaw
+from .data import DatasetInfo
+from .errors import CheckpointError, ConfigError
+from .intmodel import IntegerModel
+from .noise import GaussianNoise, NoiseLaw, noise_law
 from .smoothing import BaseClassifier, SmoothedClassifier, TorchClassifier
+
+SYSTEM_NAMES = ("floatrs-fp", "intrs-quant", "floatrs-quant")
+INTRS_NOISES = ("discrete-gaussian", "rounded-gaussian")
 
 
 @dataclass
@@ -26,18 +41,59 @@ class System:
         return SmoothedClassifier(self.base, self.noise, self.num_classes, batch_size)
 
 
+class IntegerClassifier:
+    """An integer model as a base classifier: the engine's argmax on integer noisy inputs."""
+
+    def __init__(self, model: IntegerModel):
+        self.model = model
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return engine.predict(self.model, batch)
+
+
 def floatrs_fp(checkpoint: Checkpoint, sigma: float) -> System:
     """FloatRS-fp: the float32 model under continuous Gaussian noise, Cohen's radius."""
     return System("floatrs-fp", GaussianNoise(sigma), TorchClassifier(checkpoint.model), checkpoint.config.num_classes)
 
 
-SYSTEMS = {"floatrs-fp": floatrs_fp}
+def intrs_quant(model: IntegerModel, sigma: float, noise: str = "discrete-gaussian") -> System:
+    """IntRS-quant: the integer-only model fed integer noise on the pixel grid, integer votes."""
+    if noise not in INTRS_NOISES:
+        raise ConfigError(f"IntRS-quant noise must be one of {', '.join(INTRS_NOISES)}, got {noise!r}")
+    return System("intrs-quant", noise_law(noise, sigma), IntegerClassifier(model), model.num_classes)
 
 
-def make_system(name: str, checkpoint: Checkpoint, sigma: float) -> System:
-    """The system called ``name`` built on ``checkpoint`` with noise level ``sigma``."""
-    try:
-        constructor = SYSTEMS[name]
-    except KeyError:
-        raise ConfigError(f"unknown system {name!r}: choose one of {', '.join(SYSTEMS)}") from None
-    return constructor(checkpoint, sigma)
+def floatrs_quant(model: IntegerModel, sigma: float) -> System:
+    """FloatRS-quant (the paper's baseline, our reading of SPEC 4): a post-training-quantized model under
+    continuous Gaussian noise rounded to the pixel grid, Cohen's radius (exact for that noise)."""
+    return System("floatrs-quant", noise_law("rounded-gaussian", sigma), IntegerClassifier(model), model.num_classes)
+
+
+def check_integer_model_fits(model: IntegerModel, info: DatasetInfo, path=None) -> None:
+    """Raise unless the integer model was made for data set ``info``."""
+    dataset = model.meta.get("dataset")
+    if (dataset and dataset != info.name) or tuple(model.input_shape) != info.shape \
+            or model.num_classes != info.num_classes:
+        raise CheckpointError(f"integer model {path or ''} was made for {dataset} {tuple(model.input_shape)} with "
+                              f"{model.num_classes} classes, but the data is {info.name} {info.shape} with "
+                              f"{info.num_classes} classes: pass the matching model or --dataset")
+
+
+def make_system(name: str, source: Checkpoint | IntegerModel, sigma: float, noise: str | None = None) -> System:
+    """The system called ``name`` on ``source`` (a float checkpoint for floatrs-fp, an integer model for
+    the quantized systems) with noise level ``sigma``."""
+    if name not in SYSTEM_NAMES:
+        raise ConfigError(f"unknown system {name!r}: choose one of {', '.join(SYSTEM_NAMES)}")
+    if name == "floatrs-fp":
+        if not isinstance(source, Checkpoint):
+            raise ConfigError("floatrs-fp certifies a float model: pass --checkpoint")
+        if noise not in (None, "gaussian"):
+            raise ConfigError(f"floatrs-fp uses continuous Gaussian noise, not {noise!r}")
+        return floatrs_fp(source, sigma)
+    if not isinstance(source, IntegerModel):
+        raise ConfigError(f"{name} certifies an integer model: pass its file from 'intrs quantize'")
+    if name == "intrs-quant":
+        return intrs_quant(source, sigma, noise or "discrete-gaussian")
+    if noise not in (None, "rounded-gaussian"):
+        raise ConfigError(f"floatrs-quant uses continuous Gaussian noise rounded to the grid, not {noise!r}")
+    return floatrs_quant(source, sigma)
