@@ -18,7 +18,8 @@ from .certification import CertifySettings, run
 from .checkpoint import load_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, IntrsError, OutputExistsError
-from .intmodel import IntegerModel, load_integer_model, save_integer_model
+from .deploy import FORMATS, export_model, noisy_test_inputs, radius_table_header, verify_export
+from .intmodel import IntegerModel, load_integer_model, save_integer_model, with_input_saturation
 from .quant import QuantizeConfig, quantize
 from .report import analyze
 from .systems import INTRS_NOISES, SYSTEM_NAMES, check_integer_model_fits, make_system
@@ -93,16 +94,18 @@ def _print_training(ckpt) -> None:
               help="Calibrate ranges on noisy inputs [default: yes for QAT, no for PTQ].")
 @click.option("--eval-images", type=int, default=500, show_default=True, help="Test images scored at the end.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--saturate-input", is_flag=True, help="Saturate the noisy input to [0, 255] as the model's first "
+              "step (what a TFLite int8 input can hold); recorded in the model file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out.")
 def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, train_subset, calibration_images,
-                     calibration_noise, eval_images, seed, force) -> None:
+                     calibration_noise, eval_images, seed, saturate_input, force) -> None:
     """Convert a float checkpoint to an integer-only model (int8 weights, int32 biases, TFLite requantization)."""
     if method is None:
         raise click.UsageError("choose --qat (IntRS) or --ptq (FloatRS-quant)")
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to overwrite it or choose another --out")
     config = QuantizeConfig(method, epochs, lr, batch_size, train_subset, calibration_images, calibration_noise,
-                            seed, eval_images)
+                            seed, eval_images, saturate_input)
     model, metrics = quantize(load_checkpoint(checkpoint), config, data_dir, progress=_progress)
     save_integer_model(model, out)
     click.echo(f"wrote {out}: {len(model.layers)} integer layers; under discrete noise sigma={model.meta['sigma']:g} "
@@ -241,6 +244,86 @@ def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
                    settings, out, resume, force)
 
 
+# ---------------------------------------------------------------- deploy
+
+
+@cli.command("export")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The .tflite or .onnx file.")
+@click.option("--saturate", is_flag=True, help="Export the variant that saturates the noisy input to [0, 255] "
+              "(what an int8 TFLite input holds); it is written beside --out as .intrs.npz: certify that file.")
+@click.option("--table-n", type=int, default=100_000, show_default=True,
+              help="Samples per certificate on the device, for the radius table written beside --out (0: none).")
+@click.option("--table-alpha", type=float, default=0.001, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def export_command(model_path, fmt, out, saturate, table_n, table_alpha, force) -> None:
+    """Export an integer model to TFLite (int8 builtin ops, reference-kernel semantics) or ONNX (QDQ),
+    with the certificate table R[nA] beside it as a C header (FILE.radius.h)."""
+    model = load_integer_model(model_path)
+    written, certified = [out], model_path
+    if saturate and model.input_saturation is None:
+        model = with_input_saturation(model)
+        written.append(out.with_suffix(".intrs.npz"))
+        certified = written[1]
+    for path in written:
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists: pass --force to overwrite it")
+    content = export_model(model, fmt)
+    header = radius_table_header(table_n, table_alpha, model.meta["sigma"]) if table_n else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(content)
+    if header:
+        out.with_suffix(".radius.h").write_text(header)
+        click.echo(f"wrote {out.with_suffix('.radius.h')}: radius for every vote count, n={table_n}, "
+                   f"alpha={table_alpha:g}, sigma={model.meta['sigma']:g}")
+    if len(written) > 1:
+        save_integer_model(model, written[1])
+        click.echo(f"wrote {written[1]}: the saturating variant; certify this model, it is what the file computes")
+    click.echo(f"wrote {out} ({len(content)} bytes, requantization {model.requantization}); "
+               f"check it with 'intrs verify-export {out} {certified}'")
+
+
+@cli.command("verify-export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--inputs", "count", type=int, default=1000, show_default=True, help="Noisy test inputs to compare.")
+@click.option("--sigma", type=float, help="Noise level [default: the model's training sigma].")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the model's data set.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def verify_export_command(file, model_path, count, sigma, data_dir, seed) -> None:
+    """Run an exported file in an independent runtime and compare its int8 logits with the integer engine.
+
+    TFLite files run under LiteRT's reference kernels (BUILTIN_REF: must match exactly, exit status 1
+    otherwise) and, for information, its optimized and XNNPACK paths, which round ties differently.
+    ONNX files run under onnxruntime, which requantizes in float: its agreement is reported.
+    """
+    if count < 1:
+        raise ConfigError(f"--inputs must be at least 1, got {count}")
+    model = load_integer_model(model_path)
+    z = noisy_test_inputs(model, count, sigma, seed, data_dir)
+    report = verify_export(file, model, z, sigma if sigma is not None else model.meta.get("sigma"))
+    click.echo(report.to_markdown(), nl=False)
+    if report.format == "tflite" and not report.bit_exact:
+        click.echo(f"intrs: {file} does not compute the certified integers (reference-kernel mismatches)", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("radius-table")
+@click.option("--n", "n", type=int, required=True, help="Monte-Carlo samples the device draws.")
+@click.option("--alpha", type=float, default=0.001, show_default=True)
+@click.option("--sigma", type=float, required=True)
+@click.option("--fraction-bits", type=int, default=16, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="C header (.h).")
+@click.option("--force", is_flag=True)
+def radius_table_command(n, alpha, sigma, fraction_bits, out, force) -> None:
+    """Write the certificate table R[nA] as a C header: a device counts votes and looks its radius up."""
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists: pass --force to overwrite it")
+    out.write_text(radius_table_header(n, alpha, sigma, fraction_bits))
+    click.echo(f"wrote {out}: {n + 1} entries, radius x 2^{fraction_bits}")
+
+
 # ---------------------------------------------------------------- analyze
 
 
@@ -295,7 +378,7 @@ def demo_command(out, data_dir, sigma, images, n, n0, alpha, schedule, seed) -> 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI, turning user errors into one line and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="intrs", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="intrs", standalone_mode=False)
     except IntrsError as exc:
         click.echo(f"intrs: error: {exc}", err=True)
         return 2
@@ -305,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"intrs: error: {exc.format_message()}", err=True)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

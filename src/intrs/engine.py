@@ -196,12 +196,15 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_input(model: IntegerModel, z) -> torch.Tensor:
-    """The noisy integer input (N, C, H, W), checked against the model's input range (no wrap-around)."""
+    """The noisy integer input (N, C, H, W): saturated when the model records it, otherwise checked against
+    the model's input range (no wrap-around)."""
     z = torch.as_tensor(z)
     if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
         raise ConfigError(f"the integer engine takes integer inputs (pixel steps), got dtype {z.dtype}")
     if z.dim() != 4 or tuple(z.shape[1:]) != tuple(model.input_shape):
         raise ConfigError(f"input shape {tuple(z.shape)} does not match the model's (N, *{tuple(model.input_shape)})")
+    if model.input_saturation is not None:
+        return torch.clamp(z, *model.input_saturation)
     low, high = model.input_range
     if z.numel() and (int(z.min()) < low or int(z.max()) > high):
         raise ConfigError(f"noisy input leaves the first layer's range [{low}, {high}]: "

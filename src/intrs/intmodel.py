@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +143,23 @@ class IntegerModel:
     value_qparams: dict[str, tuple[float, int]]  # value -> (scale, zero point), for the fake-quantized twin
     requantization: str = "double-rounding"
     meta: dict = field(default_factory=dict)
+    # Saturation of the noisy input, the base classifier's first step when recorded (SPEC section 2):
+    # (0, 255) makes the input fit int8 after a shift of -128, as a TFLite int8 model needs.
+    input_saturation: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
         last = [layer for layer in self.layers if isinstance(layer, ConvLayer)][-1]
         return int(last.weight.shape[0])
+
+
+def with_input_saturation(model: IntegerModel, low: int = 0, high: int = 255) -> IntegerModel:
+    """The same integer model with the noisy input saturated to [low, high] as its first step.
+
+    A different function from ``model`` wherever a noisy pixel leaves [low, high]:
+    certify the variant you deploy. (0, 255) is what a TFLite int8 input holds.
+    """
+    return replace(model, input_saturation=(int(low), int(high)), meta={**model.meta, "input_saturation": [low, high]})
 
 
 # ---------------------------------------------------------------- save / load
@@ -168,6 +180,7 @@ def save_integer_model(model: IntegerModel, path: str | Path) -> Path:
         "input_shape": list(model.input_shape), "input_range": list(model.input_range),
         "input_scale": model.input_scale, "output_name": model.output_name, "requantization": model.requantization,
         "value_qparams": {k: [float(s), int(z)] for k, (s, z) in model.value_qparams.items()},
+        "input_saturation": None if model.input_saturation is None else list(model.input_saturation),
         "layers": layers, "meta": model.meta,
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -203,7 +216,8 @@ def load_integer_model(path: str | Path) -> IntegerModel:
         model = IntegerModel(header["input_name"], tuple(header["input_shape"]), tuple(header["input_range"]),
                              float(header["input_scale"]), layers, header["output_name"],
                              {k: (float(s), int(z)) for k, (s, z) in header["value_qparams"].items()},
-                             header["requantization"], header.get("meta", {}))
+                             header["requantization"], header.get("meta", {}),
+                             None if header.get("input_saturation") is None else tuple(header["input_saturation"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"integer model {path} is damaged ({type(exc).__name__}: {str(exc)[:120]})") from None
     validate(model, path)
@@ -225,6 +239,10 @@ def validate(model: IntegerModel, path: str | Path = "<memory>") -> None:
     low, high = model.input_range
     if not -(2 ** 31) <= low < high < 2 ** 31:
         _fail(path, f"bad input range {model.input_range}")
+    if model.input_saturation is not None:
+        lo, hi = model.input_saturation
+        if not low <= lo < hi <= high:
+            _fail(path, f"input saturation {model.input_saturation} outside the input range {model.input_range}")
     known = {model.input_name}
     for layer in model.layers:
         missing = [name for name in layer.inputs if name not in known]

@@ -32,14 +32,14 @@ def export_onnx(model: IntegerModel) -> bytes:
         initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def dequantized(value: str) -> str:
+    def dequantized(value: str, source: str | None = None) -> str:
         scale, zero = model.value_qparams[value]
         out = f"{value}_float"
         if value == model.input_name:
             zero_point = const(f"{value}_zero", np.array(zero, np.int16))
         else:
             zero_point = const(f"{value}_zero", np.array(zero, np.int8))
-        nodes.append(helper.make_node("DequantizeLinear", [value, const(f"{value}_scale", np.float32(scale)),
+        nodes.append(helper.make_node("DequantizeLinear", [source or value, const(f"{value}_scale", np.float32(scale)),
                                                            zero_point], [out]))
         return out
 
@@ -48,7 +48,13 @@ def export_onnx(model: IntegerModel) -> bytes:
         nodes.append(helper.make_node("QuantizeLinear", [real, const(f"{value}_oscale", np.float32(scale)),
                                                          const(f"{value}_ozero", np.array(zero, np.int8))], [value]))
 
-    floats = {model.input_name: dequantized(model.input_name)}
+    source = model.input_name
+    if model.input_saturation is not None:  # the recorded first step of the base classifier
+        lo, hi = model.input_saturation
+        nodes.append(helper.make_node("Clip", [model.input_name, const("saturation_low", np.array(lo, np.int16)),
+                                               const("saturation_high", np.array(hi, np.int16))], ["saturated"]))
+        source = "saturated"
+    floats = {model.input_name: dequantized(model.input_name, source)}
     for layer in model.layers:
         x = floats[layer.inputs[0]]
         if isinstance(layer, ConvLayer):
@@ -112,6 +118,13 @@ def run_onnx(content: bytes, z: np.ndarray) -> np.ndarray:
     """int8 logits from onnxruntime for integer inputs z (N, C, H, W), which must fit int16."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: np.asarray(z).astype(np.int16)})[0]
+    try:
+        session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        z = np.asarray(z)
+        if z.size and (z.min() < -32768 or z.max() > 32767):
+            raise ConfigError("noisy inputs beyond int16: this ONNX model takes int16 inputs")
+        return session.run(None, {name: z.astype(np.int16)})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt or mismatched files
+        raise ConfigError(f"onnxruntime cannot run this ONNX model ({str(exc).splitlines()[0][:160]}); "
+                          "is the file corrupt or made for another model?") from None

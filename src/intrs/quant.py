@@ -273,6 +273,7 @@ class QuantModel(nn.Module):
         self.observe = True
         self.ema = None  # None: running min/max (PTQ); a float in (0, 1): exponential moving average (QAT)
         self.input_range = INT16_RANGE
+        self.input_saturation: tuple[int, int] | None = None
 
     # -- ranges
 
@@ -318,6 +319,8 @@ class QuantModel(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Fake-quantized logits for integer inputs z (pixel steps, x_q = p + k) given as a float tensor."""
+        if self.input_saturation is not None:
+            z = torch.clamp(z, *self.input_saturation)
         values = {self.input_name: z * INPUT_SCALE}
         for layer in self.specs:
             x = values[layer.inputs[0]]
@@ -369,7 +372,7 @@ class QuantModel(nn.Module):
         for spec in self.specs:
             layers.append(self._convert_layer(spec))
         return IntegerModel(self.input_name, self.input_shape, self.input_range, INPUT_SCALE, layers,
-                            self.output_name, dict(self.qparams), "double-rounding", self.meta)
+                            self.output_name, dict(self.qparams), "double-rounding", self.meta, self.input_saturation)
 
     def _convert_layer(self, spec: FloatLayer):
         qp = self.qparams
@@ -426,6 +429,7 @@ class QuantModel(nn.Module):
         twin.qparams = dict(model.value_qparams)
         twin.observe = False
         twin.input_range = tuple(model.input_range)
+        twin.input_saturation = model.input_saturation
         for layer in model.layers:
             if isinstance(layer, ConvLayer):
                 twin.frozen_weight_scales[layer.name] = torch.from_numpy(layer.weight_scale.astype(np.float32))
@@ -454,6 +458,7 @@ class QuantizeConfig:
     calibration_noise: bool | None = None  # default: QAT calibrates on noisy inputs, PTQ on clean ones
     seed: int = 0
     eval_images: int = 500
+    saturate_input: bool = False  # saturate the noisy input to [0, 255] first (for TFLite int8 export)
 
     def check(self) -> "QuantizeConfig":
         if self.method not in ("qat", "ptq"):
@@ -495,6 +500,9 @@ def quantize(checkpoint, config: QuantizeConfig, data_dir=None, progress=None) -
             "epochs": config.epochs if config.method == "qat" else 0}
     torch.manual_seed(stream_seed(config.seed, STAGE_TRAIN))
     qmodel = prepare(checkpoint.model, train_set.info.shape, meta)
+    if config.saturate_input:
+        qmodel.input_saturation = (0, 255)
+        qmodel.meta["input_saturation"] = [0, 255]
 
     noisy_calibration = config.calibration_noise if config.calibration_noise is not None else config.method == "qat"
     generator = numpy_generator(stream_seed(config.seed, STAGE_TRAIN, 0))

@@ -13,6 +13,8 @@ final logits (SPEC section 6).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import flatbuffers
 import numpy as np
 
@@ -57,12 +59,37 @@ class _Graph:
                                "options_type": options_type, "options": options})
 
 
+def input_shift(model: IntegerModel) -> int:
+    """How far the model's (saturated) integer input moves to fit int8: 128 for inputs saturated to [0, 255]."""
+    if model.input_saturation is not None:
+        low, high = model.input_saturation
+    else:
+        low, high = model.input_range
+    if low >= -128 and high <= 127:
+        return 0
+    if high - low > 255:
+        raise ConfigError(f"the model's input range [{low}, {high}] does not fit int8: a TFLite int8 model needs the "
+                          "noisy input saturated first (intrs quantize --saturate-input, or intrs export --saturate)")
+    return low + 128
+
+
+def tflite_input(model: IntegerModel, z) -> np.ndarray:
+    """What the device feeds the exported model for noisy integer inputs z: saturate, then shift to int8."""
+    z = np.asarray(z).astype(np.int64)
+    if model.input_saturation is not None:
+        z = np.clip(z, *model.input_saturation)
+    return (z - input_shift(model)).astype(np.int8)
+
+
 def export_tflite(model: IntegerModel, batch: int = 1) -> bytes:
     """The integer model as a .tflite flatbuffer (int8 input and output, NHWC)."""
-    low, high = model.input_range
-    if low < -128 or high > 127:
-        raise ConfigError(f"the model's input range [{low}, {high}] is not int8: a TFLite int8 model needs an input "
-                          "that saturates to int8 first")
+    shift = input_shift(model)
+    if shift:  # the input tensor and the layers reading it see x - shift with zero point z - shift
+        qparams = dict(model.value_qparams)
+        scale, zero = qparams[model.input_name]
+        qparams[model.input_name] = (scale, zero - shift)
+        model = replace(model, value_qparams=qparams, layers=[_shift_input(layer, model.input_name, shift)
+                                                              for layer in model.layers])
     graph = _Graph()
     c, h, w = model.input_shape
     in_scale, in_zero = model.value_qparams[model.input_name]
@@ -88,9 +115,21 @@ def export_tflite(model: IntegerModel, batch: int = 1) -> bytes:
     logits, shape = values[model.output_name]
     scale, zero = model.value_qparams[model.output_name]
     flat = graph.tensor("logits", (batch, int(np.prod(shape))), INT8, scale, zero)
-    new_shape = graph.tensor("logits_shape", (2,), INT32, data=np.array([batch, int(np.prod(shape))], np.int32))
-    graph.op(RESHAPE, [logits, new_shape], [flat], OPTIONS_RESHAPE, ("reshape", [batch, int(np.prod(shape))]))
+    # -1: the batch follows the input when a runtime resizes it
+    new_shape = graph.tensor("logits_shape", (2,), INT32, data=np.array([-1, int(np.prod(shape))], np.int32))
+    graph.op(RESHAPE, [logits, new_shape], [flat], OPTIONS_RESHAPE, ("reshape", [-1, int(np.prod(shape))]))
     return _serialise(graph, [graph_input], [flat])
+
+
+def _shift_input(layer, input_name: str, shift: int):
+    if isinstance(layer, ConvLayer) and layer.inputs[0] == input_name:
+        return replace(layer, input_zero_point=layer.input_zero_point - shift)
+    if isinstance(layer, AddLayer) and input_name in layer.inputs:
+        return replace(layer, input1_zero_point=layer.input1_zero_point - shift * (layer.inputs[0] == input_name),
+                       input2_zero_point=layer.input2_zero_point - shift * (layer.inputs[1] == input_name))
+    if input_name in layer.inputs:
+        raise ConfigError(f"layer {layer.name} reads the shifted input directly: not exported")
+    return layer
 
 
 def _conv(graph: _Graph, layer: ConvLayer, source: int, shape, batch: int, model: IntegerModel):
@@ -287,6 +326,9 @@ def _options(b, spec, Conv2DOptions, Pool2DOptions, AddOptions, ReshapeOptions, 
     return PadOptions.PadOptionsEnd(b)
 
 
+RESOLVERS = ("reference", "builtin", "default")
+
+
 def run_tflite(content: bytes, inputs: np.ndarray, resolver: str = "reference") -> np.ndarray:
     """Run a .tflite model with LiteRT (NCHW int8 inputs in, int8 logits out).
 
@@ -297,12 +339,19 @@ def run_tflite(content: bytes, inputs: np.ndarray, resolver: str = "reference") 
 
     kinds = {"reference": OpResolverType.BUILTIN_REF, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
              "default": OpResolverType.AUTO}
-    interpreter = Interpreter(model_content=content, experimental_op_resolver_type=kinds[resolver])
-    detail = interpreter.get_input_details()[0]
-    nhwc = np.ascontiguousarray(np.asarray(inputs).transpose(0, 2, 3, 1)).astype(np.int8)
-    if tuple(detail["shape"]) != nhwc.shape:
-        interpreter.resize_tensor_input(detail["index"], list(nhwc.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], nhwc)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+    try:
+        interpreter = Interpreter(model_content=content, experimental_op_resolver_type=kinds[resolver])
+        detail = interpreter.get_input_details()[0]
+        nhwc = np.ascontiguousarray(np.asarray(inputs).transpose(0, 2, 3, 1)).astype(np.int8)
+        if tuple(detail["shape"][1:]) != nhwc.shape[1:] or detail["dtype"] != np.int8:
+            raise ConfigError(f"the .tflite model takes {detail['dtype'].__name__} inputs of shape "
+                              f"{tuple(detail['shape'])} (NHWC), not the integer model's {nhwc.shape}")
+        if tuple(detail["shape"]) != nhwc.shape:
+            interpreter.resize_tensor_input(detail["index"], list(nhwc.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(detail["index"], nhwc)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"LiteRT cannot run this .tflite model ({str(exc).splitlines()[0][:160]}); "
+                          "is the file corrupt?") from None

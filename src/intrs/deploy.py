@@ -1,0 +1,146 @@
+"""Deployment: export the certified integer model, prove the file computes the same integers,
+and hand the device its certificate table.
+
+``verify_export`` runs an exported file in an independent runtime (LiteRT's
+reference kernels, and its optimized paths for information; onnxruntime) on noisy
+inputs drawn exactly as IntRS draws them, and compares every int8 logit with the
+engine that was certified. The certificate holds for the device only when the
+reference-kernel comparison shows zero mismatches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import engine
+from .certificate import radius_table
+from .data import load_dataset
+from .errors import ConfigError, DataError
+from .intmodel import IntegerModel
+from .noise import DiscreteGaussianNoise, numpy_generator
+from .rng import STAGE_EVAL, stream_seed
+from .systems import check_integer_model_fits
+
+FORMATS = ("tflite", "onnx")
+
+
+def export_model(model: IntegerModel, fmt: str) -> bytes:
+    """The integer model as a .tflite (int8 in, int8 out) or ONNX (QDQ, int16 in) file's bytes."""
+    if fmt == "tflite":
+        from .tflite_export import export_tflite
+        return export_tflite(model)
+    if fmt == "onnx":
+        from .onnx_export import export_onnx
+        return export_onnx(model)
+    raise ConfigError(f"unknown export format {fmt!r}: choose tflite or onnx")
+
+
+def format_of(path: Path) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise ConfigError(f"cannot tell the format of {path}: name it .tflite or .onnx")
+    return suffix
+
+
+@dataclass
+class Agreement:
+    """How one runtime compares with the engine: identical int8 logits and predictions."""
+
+    runtime: str
+    inputs: int
+    logit_mismatches: int
+    logits: int
+    prediction_mismatches: int
+
+    @property
+    def identical_logits(self) -> float:
+        return 1 - self.logit_mismatches / self.logits
+
+    @property
+    def identical_predictions(self) -> float:
+        return 1 - self.prediction_mismatches / self.inputs
+
+
+@dataclass
+class VerifyReport:
+    file: str
+    format: str
+    requantization: str
+    sigma: float
+    results: list[Agreement] = field(default_factory=list)
+
+    @property
+    def bit_exact(self) -> bool:
+        """Zero mismatches on the runtime that must match: LiteRT's reference kernels, or onnxruntime."""
+        return self.results[0].logit_mismatches == 0
+
+    def to_markdown(self) -> str:
+        lines = [f"verify-export {self.file} ({self.format}), requantization {self.requantization}, "
+                 f"discrete Gaussian noise sigma={self.sigma:g}", "",
+                 "| runtime | inputs | int8 logits identical | predictions identical | logit mismatches |",
+                 "|---|---|---|---|---|"]
+        for r in self.results:
+            lines.append(f"| {r.runtime} | {r.inputs} | {r.identical_logits:.6f} | {r.identical_predictions:.6f} "
+                         f"| {r.logit_mismatches} of {r.logits} |")
+        return "\n".join(lines) + "\n"
+
+
+def noisy_test_inputs(model: IntegerModel, count: int, sigma: float | None, seed: int, data_dir=None) -> torch.Tensor:
+    """``count`` noisy integer inputs: test images of the model's data set plus discrete Gaussian noise."""
+    dataset = model.meta.get("dataset")
+    if not dataset:
+        raise DataError("the integer model records no data set: verify it with inputs of your own")
+    data = load_dataset(dataset, "test", data_dir)
+    check_integer_model_fits(model, data.info)
+    noise = DiscreteGaussianNoise(sigma if sigma is not None else model.meta["sigma"])
+    generator = numpy_generator(stream_seed(seed, STAGE_EVAL))
+    images = data.images[torch.arange(count) % len(data)]
+    return torch.cat([noise.perturb(images[i], 1, generator) for i in range(count)])
+
+
+def verify_export(path: str | Path, model: IntegerModel, z: torch.Tensor, sigma: float,
+                  resolvers: tuple[str, ...] = ("reference", "builtin", "default")) -> VerifyReport:
+    """Run the exported file on inputs z and compare its int8 logits with the engine's."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"exported model {path} not found: make it with 'intrs export'")
+    fmt = format_of(path)
+    content = path.read_bytes()
+    ours = engine.forward(model, z).numpy()
+    report = VerifyReport(str(path), fmt, model.requantization, sigma)
+    if fmt == "tflite":
+        from .tflite_export import run_tflite, tflite_input
+        runs = [(f"LiteRT {name}", lambda r=name: run_tflite(content, tflite_input(model, z.numpy()), r))
+                for name in resolvers]
+    else:
+        from .onnx_export import run_onnx
+        runs = [("onnxruntime", lambda: run_onnx(content, z.numpy()))]
+    for name, execute in runs:
+        theirs = execute()
+        if theirs.shape != ours.shape:
+            raise ConfigError(f"{path} returns logits of shape {theirs.shape}, the integer model {ours.shape}: "
+                              "the file was exported from another model")
+        report.results.append(Agreement(name, len(ours), int((theirs != ours).sum()), int(ours.size),
+                                        int((theirs.argmax(1) != engine.argmax_lowest(torch.from_numpy(ours))
+                                             .numpy()).sum())))
+    return report
+
+
+def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int = 16) -> str:
+    """A C header with R[nA] for nA = 0..n (radius * 2^fraction_bits, rounded down; 0 = abstain)."""
+    table = radius_table(n, alpha, sigma, fraction_bits)
+    if table.max() >= 2 ** 31:
+        raise ConfigError("radii overflow int32 at this many fraction bits: use fewer")
+    rows = [", ".join(str(int(v)) for v in table[i:i + 12]) for i in range(0, len(table), 12)]
+    body = ",\n    ".join(rows)
+    return (f"/* intrs certificate table: certified L2 radius (in [0,1] pixel units, times 2^{fraction_bits}, "
+            f"rounded down)\n * for every vote count nA = 0..n of the top class, with n = {n}, alpha = {alpha!r}, "
+            f"sigma = {sigma!r}.\n * R = sigma * PhiInv(ClopperPearsonLower(nA, n, alpha)); 0 means ABSTAIN.\n"
+            f" * Written by intrs; see docs/deploy.md. */\n"
+            f"#ifndef INTRS_RADIUS_TABLE_H\n#define INTRS_RADIUS_TABLE_H\n#include <stdint.h>\n"
+            f"#define INTRS_N {n}\n#define INTRS_RADIUS_FRACTION_BITS {fraction_bits}\n"
+            f"static const int32_t intrs_radius_table[INTRS_N + 1] = {{\n    {body}\n}};\n#endif\n")

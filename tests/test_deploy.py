@@ -1,0 +1,70 @@
+"""Export to TFLite and ONNX, verified against the engine by independent runtimes; the device table."""
+
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("onnxruntime")
+
+from intrs.certificate import radius_table  # noqa: E402
+from intrs.cli import main  # noqa: E402
+from intrs.intmodel import load_integer_model  # noqa: E402
+
+from test_cli import assert_one_line_error, run_cli  # noqa: E402
+
+
+def test_tflite_round_trip_is_bit_exact_under_the_reference_kernels(capsys, tmp_path, digits_int_models):
+    out = tmp_path / "m.tflite"
+    code, stdout, _ = run_cli(capsys, "export", digits_int_models["qat"], "--format", "tflite", "--saturate",
+                              "--table-n", 500, "--out", out)
+    assert code == 0 and out.exists() and (tmp_path / "m.intrs.npz").exists() and (tmp_path / "m.radius.h").exists()
+    assert load_integer_model(tmp_path / "m.intrs.npz").input_saturation == (0, 255)
+    code, stdout, _ = run_cli(capsys, "verify-export", out, tmp_path / "m.intrs.npz", "--inputs", 300)
+    assert code == 0, stdout
+    row = next(line for line in stdout.splitlines() if line.startswith("| LiteRT reference"))
+    assert "| 0 of 3000 |" in row and "1.000000" in row
+
+
+def test_tflite_needs_an_int8_input(capsys, tmp_path, digits_int_models):
+    code, _, err = run_cli(capsys, "export", digits_int_models["qat"], "--format", "tflite", "--out",
+                           tmp_path / "m.tflite")
+    assert_one_line_error(code, err, "does not fit int8", "--saturate")
+
+
+def test_onnx_export_agreement_is_reported(capsys, tmp_path, digits_int_models):
+    out = tmp_path / "m.onnx"
+    assert run_cli(capsys, "export", digits_int_models["qat"], "--format", "onnx", "--table-n", 0, "--out", out)[0] == 0
+    code, stdout, _ = run_cli(capsys, "verify-export", out, digits_int_models["qat"], "--inputs", 200)
+    row = next(line for line in stdout.splitlines() if line.startswith("| onnxruntime"))
+    predictions = float(row.split("|")[4])
+    assert code == 0 and predictions >= 0.9
+
+
+def test_verify_export_rejects_corrupt_and_mismatched_files(capsys, tmp_path, digits_int_models):
+    other = tmp_path / "ptq.tflite"
+    run_cli(capsys, "export", digits_int_models["ptq"], "--format", "tflite", "--saturate", "--table-n", 0,
+            "--out", other)
+    run_cli(capsys, "export", digits_int_models["qat"], "--format", "tflite", "--saturate", "--table-n", 0,
+            "--out", tmp_path / "qat.tflite")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    code, _, err = run_cli(capsys, "verify-export", bad, tmp_path / "qat.intrs.npz", "--inputs", 10)
+    assert_one_line_error(code, err, "LiteRT cannot run")
+    code, _, err = run_cli(capsys, "verify-export", tmp_path / "qat.tflite", digits_int_models["qat"], "--inputs", 10)
+    assert_one_line_error(code, err, "does not fit int8")
+    code, stdout, err = run_cli(capsys, "verify-export", other, tmp_path / "qat.intrs.npz", "--inputs", 100)
+    assert code == 1 and "does not compute the certified integers" in err
+    code, _, err = run_cli(capsys, "verify-export", tmp_path / "missing.onnx", digits_int_models["qat"])
+    assert_one_line_error(code, err, "missing.onnx not found")
+
+
+def test_radius_table_header_holds_the_table(capsys, tmp_path):
+    out = tmp_path / "t.h"
+    code, _, _ = run_cli(capsys, "radius-table", "--n", 1000, "--alpha", 0.001, "--sigma", 0.25, "--out", out)
+    text = out.read_text()
+    body = text[text.index("{") + 1:text.index("}")]
+    values = np.array([int(v) for v in re.findall(r"-?\d+", body)])
+    assert code == 0 and "#define INTRS_N 1000" in text
+    assert np.array_equal(values, radius_table(1000, 0.001, 0.25, 16))
