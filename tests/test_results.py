@@ -96,3 +96,14 @@ def test_analyze_rejects_files_without_cohens_columns(tmp_path):
         analyze([bad])
     with pytest.raises(DataError, match="cannot read results"):
         analyze([tmp_path / "missing.tsv"])
+
+
+def test_a_run_killed_while_writing_its_header_starts_afresh_on_resume(tmp_path):
+    out = tmp_path / "r.tsv"
+    with ResultWriter(out, COLUMNS, {"n": 10}):
+        pass
+    out.write_text("idx\tlab")  # torn header
+    with ResultWriter(out, COLUMNS, {"n": 10}, resume=True) as writer:
+        assert writer.done == set()
+        writer.write(row(0))
+    assert [r["idx"] for r in read_results(out)] == ["0"]

@@ -46,57 +46,65 @@ def select_indices(count: int, skip: int = 1, max_images: int | None = None) -> 
     return chosen if max_images is None else chosen[:max_images]
 
 
-def certify_rows(system: System, data: ImageSet, settings: CertifySettings,
-                 indices: list[int]) -> Iterator[dict]:
-    """CERTIFY each chosen image; yields one row (Cohen's columns first) per image."""
+def certify_row(system: System, smoothed, pixels, label: int, idx: int, settings: CertifySettings) -> dict:
+    """CERTIFY one image; the row in Cohen's columns first."""
+    start = time.perf_counter()
+    cert = smoothed.certify(pixels, settings.n0, settings.n, settings.alpha, settings.seed, idx)
+    return {
+        "idx": idx, "label": label, "predict": cert.prediction, "radius": format_radius(cert.radius),
+        "correct": int(cert.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
+        "counts_top": cert.counts_top, "n0": settings.n0, "n": cert.n, "pA_lower": f"{cert.p_lower:.9g}",
+        "sigma": system.noise.sigma, "alpha": settings.alpha, "system": system.name,
+        "noise": system.noise.name, "seed": settings.seed,
+    }
+
+
+def predict_row(system: System, smoothed, pixels, label: int, idx: int, settings: CertifySettings) -> dict:
+    """PREDICT one image; the radius column is 0 (PREDICT certifies no radius)."""
+    start = time.perf_counter()
+    pred = smoothed.predict(pixels, settings.n, settings.alpha, settings.seed, idx)
+    return {
+        "idx": idx, "label": label, "predict": pred.prediction, "radius": "0",
+        "correct": int(pred.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
+        "counts_top": pred.counts_top, "counts_second": pred.counts_second, "n": pred.n,
+        "p_value": f"{pred.p_value:.6g}", "sigma": system.noise.sigma, "alpha": settings.alpha,
+        "system": system.name, "noise": system.noise.name, "seed": settings.seed,
+    }
+
+
+ROW_FUNCTIONS = {"certify": certify_row, "predict": predict_row}
+
+
+def local_rows(mode: str, system: System, data: ImageSet, settings: CertifySettings,
+               indices: list[int]) -> Iterator[dict]:
+    """Rows computed in this process, in the order of ``indices``."""
     smoothed = system.smoothed(settings.batch_size)
     for idx in indices:
         pixels, label = data[idx]
-        start = time.perf_counter()
-        cert = smoothed.certify(pixels, settings.n0, settings.n, settings.alpha, settings.seed, idx)
-        yield {
-            "idx": idx, "label": label, "predict": cert.prediction, "radius": format_radius(cert.radius),
-            "correct": int(cert.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
-            "counts_top": cert.counts_top, "n0": settings.n0, "n": cert.n, "pA_lower": f"{cert.p_lower:.9g}",
-            "sigma": system.noise.sigma, "alpha": settings.alpha, "system": system.name,
-            "noise": system.noise.name, "seed": settings.seed,
-        }
-
-
-def predict_rows(system: System, data: ImageSet, settings: CertifySettings, indices: list[int]) -> Iterator[dict]:
-    """PREDICT each chosen image; the radius column is 0 (PREDICT certifies no radius)."""
-    smoothed = system.smoothed(settings.batch_size)
-    for idx in indices:
-        pixels, label = data[idx]
-        start = time.perf_counter()
-        pred = smoothed.predict(pixels, settings.n, settings.alpha, settings.seed, idx)
-        yield {
-            "idx": idx, "label": label, "predict": pred.prediction, "radius": "0",
-            "correct": int(pred.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
-            "counts_top": pred.counts_top, "counts_second": pred.counts_second, "n": pred.n,
-            "p_value": f"{pred.p_value:.6g}", "sigma": system.noise.sigma, "alpha": settings.alpha,
-            "system": system.name, "noise": system.noise.name, "seed": settings.seed,
-        }
+        yield ROW_FUNCTIONS[mode](system, smoothed, pixels, label, idx, settings)
 
 
 def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, out: str | Path, *,
         provenance: dict | None = None, force: bool = False, resume: bool = False,
-        progress: Progress = no_progress) -> Path:
+        progress: Progress = no_progress, executor=local_rows) -> Path:
     """Certify (``mode='certify'``) or predict a test set into the TSV ``out``; returns its path.
 
     With ``resume`` the images already in ``out`` are skipped (the settings must
-    match); without it an existing ``out`` is refused unless ``force``.
+    match); without it an existing ``out`` is refused unless ``force``. Rows are
+    written in idx order as they finish, each flushed to disk. ``executor``
+    computes the rows: in this process (``local_rows``) or on Ray workers
+    (``intrs.scaleout.RayExecutor``); the rows are the same either way.
     """
     settings.check()
-    if mode not in ("certify", "predict"):
+    if mode not in ROW_FUNCTIONS:
         raise ConfigError(f"mode must be 'certify' or 'predict', got {mode!r}")
-    columns, rows = (CERTIFY_COLUMNS, certify_rows) if mode == "certify" else (PREDICT_COLUMNS, predict_rows)
+    columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
     run_settings = {"mode": mode, "system": system.name, "noise": system.noise.name, "sigma": system.noise.sigma,
                     "dataset": data.info.name, "split": data.split, **asdict(settings), **(provenance or {})}
     indices = select_indices(len(data), settings.skip, settings.max_images)
     with ResultWriter(out, columns, run_settings, force=force, resume=resume) as writer:
         todo = [i for i in indices if i not in writer.done]
-        for row in progress(rows(system, data, settings, todo), total=len(todo), desc=f"{mode} {system.name}",
-                            unit="img"):
+        for row in progress(executor(mode, system, data, settings, todo), total=len(todo),
+                            desc=f"{mode} {system.name}", unit="img"):
             writer.write(row)
     return Path(out)

@@ -14,7 +14,8 @@ import click
 from tqdm import tqdm
 
 from . import __version__
-from .certification import CertifySettings, run
+from .certification import CertifySettings, local_rows, run
+from .scaleout import RayExecutor
 from .checkpoint import load_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, IntrsError, OutputExistsError
@@ -144,6 +145,9 @@ def _smoothing_options(command):
                      help="Output TSV; with several systems a path containing {system}."),
         click.option("--resume", is_flag=True, help="Finish an interrupted --out (same settings)."),
         click.option("--force", is_flag=True, help="Overwrite an existing --out."),
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Shard images on Ray: a local instance, or the cluster at ADDRESS (docs/ray.md)."),
+        click.option("--workers", type=int, help="Ray workers [default: one per CPU]."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -182,8 +186,11 @@ def _model_facts(source) -> tuple[str, float]:
 
 
 def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, settings,
-                   out, resume, force) -> None:
+                   out, resume, force, ray_address=None, workers=None) -> None:
     names = _chosen_systems(systems)
+    executor = local_rows
+    if ray_address is not None or workers is not None:
+        executor = RayExecutor(None if ray_address in (None, "local") else ray_address, workers)
     if len(names) > 1 and "{system}" not in out:
         raise ConfigError("several systems write one TSV each: put {system} in --out, e.g. --out runs/{system}.tsv")
     sources = _load_sources(names, checkpoint, int_model, ptq_model)
@@ -205,7 +212,7 @@ def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma
         provenance = {"model": str(path), "train_sigma": train_sigma}
         target = Path(out.replace("{system}", name))
         paths.append(run(mode, chosen, data, settings, target, provenance=provenance, force=force, resume=resume,
-                         progress=_progress))
+                         progress=_progress, executor=executor))
         click.echo(f"wrote {target}")
     if mode == "certify":
         click.echo(analyze(paths).to_markdown(), nl=False)
@@ -215,7 +222,7 @@ def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma
 @_smoothing_options
 @click.option("--n0", type=int, default=100, show_default=True, help="Samples that select the top class.")
 def certify_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
-                    batch, skip, max_images, seed, out, resume, force, n0) -> None:
+                    batch, skip, max_images, seed, out, resume, force, ray_address, workers, n0) -> None:
     """Certify test images (Cohen's CERTIFY): one TSV row per image with its certified L2 radius.
 
     \b
@@ -231,17 +238,17 @@ def certify_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
     """
     settings = CertifySettings(n0, n, alpha, batch, seed, skip, max_images)
     _run_smoothing("certify", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
-                   settings, out, resume, force)
+                   settings, out, resume, force, ray_address, workers)
 
 
 @cli.command("predict")
 @_smoothing_options
 def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
-                    batch, skip, max_images, seed, out, resume, force) -> None:
+                    batch, skip, max_images, seed, out, resume, force, ray_address, workers) -> None:
     """Predict with the smoothed classifier (Cohen's PREDICT): abstain unless the top class wins a binomial test."""
     settings = CertifySettings(1, n, alpha, batch, seed, skip, max_images)
     _run_smoothing("predict", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
-                   settings, out, resume, force)
+                   settings, out, resume, force, ray_address, workers)
 
 
 # ---------------------------------------------------------------- deploy

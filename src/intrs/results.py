@@ -72,14 +72,18 @@ class ResultWriter:
             self._check_settings()
             self.done = self._recover_rows()
         else:
-            handle.seek(0)
-            handle.truncate()
-            handle.write("\t".join(self.columns) + "\n")
-            self._sync()
-            tmp = metadata_path(self.path).with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, metadata_path(self.path))
+            self._start_fresh()
         return self
+
+    def _start_fresh(self) -> None:
+        # Settings first: a run killed before its header is written leaves an empty TSV, which starts afresh.
+        tmp = metadata_path(self.path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, metadata_path(self.path))
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write("\t".join(self.columns) + "\n")
+        self._sync()
 
     def _check_settings(self) -> None:
         meta = metadata_path(self.path)
@@ -101,7 +105,10 @@ class ResultWriter:
         if len(complete) != len(text):
             self._handle.truncate(len(complete.encode()))
         lines = complete.splitlines()
-        if not lines or tuple(lines[0].split("\t")) != self.columns:
+        if not lines:  # killed while writing the header
+            self._start_fresh()
+            return set()
+        if tuple(lines[0].split("\t")) != self.columns:
             raise OutputExistsError(f"{self.path} does not start with the expected header; pass --force to overwrite")
         self._handle.seek(0, os.SEEK_END)
         return {int(line.split("\t", 1)[0]) for line in lines[1:] if line}
