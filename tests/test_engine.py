@@ -252,3 +252,24 @@ def test_engine_source_creates_no_floats():
             assert node.attr not in ("float", "float32", "float64", "double", "half", "bfloat16"), node.attr
         if isinstance(node, ast.Name):
             assert node.id != "float"
+
+
+@given(st.lists(int32s, min_size=1, max_size=20), st.integers(1, INT32_MAX), st.integers(-31, 0))
+def test_fused_requantize_equals_the_reference_composition(values, m, shift):
+    m = max(m, 1 << 30)
+    acc = torch.tensor(values, dtype=torch.int64)
+    assert torch.equal(engine.requantize(acc, m, shift), engine.multiply_by_quantized_multiplier(acc, m, shift))
+
+
+def test_fused_requantize_on_ties_and_extremes():
+    edge = [INT32_MIN, INT32_MIN + 1, -(1 << 30), -3, -2, -1, 0, 1, 2, 3, 1 << 30, INT32_MAX]
+    acc = torch.tensor(edge, dtype=torch.int64)[:, None]
+    multipliers = torch.tensor([1 << 30, (1 << 30) + 1, 3 << 29, INT32_MAX])
+    for shift in (0, -1, -2, -7, -30, -31):
+        shifts = torch.full((4,), shift)
+        assert torch.equal(engine.requantize(acc, multipliers, shifts),
+                           engine.multiply_by_quantized_multiplier(acc, multipliers, shifts))
+    small = torch.tensor([[-1000], [999], [-5]])
+    for shift in (1, 4):
+        assert torch.equal(engine.requantize(small, multipliers, torch.full((4,), shift)),
+                           engine.multiply_by_quantized_multiplier(small, multipliers, torch.full((4,), shift)))

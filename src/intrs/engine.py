@@ -76,6 +76,28 @@ def multiply_by_quantized_multiplier_smaller_than_one(x, multiplier, shift) -> t
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), -_int64(shift))
 
 
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """MultiplyByQuantizedMultiplier for positive multipliers, fused into a few in-place integer ops.
+
+    Equal to ``multiply_by_quantized_multiplier`` (a test checks it on random and edge values):
+    for M0 > 0 the saturating case cannot occur, and SaturatingRoundingDoublingHighMul's
+    nudged truncating division is exactly floor((a * M0 + 2^30) / 2^31) for both signs of
+    a * M0 (truncating toward zero after the nudge 1 - 2^30 equals flooring after 2^30);
+    RoundingDivideByPOT (ties away from zero) is floor((x + 2^(e-1) - [x < 0]) / 2^e) for e >= 1.
+    """
+    shift = _int64(shift)
+    left, right = torch.clamp(shift, min=0), torch.clamp(-shift, min=0)
+    product = _int64(acc)
+    if bool((left > 0).any()):
+        product = product << left
+        _check_int32(product, "the left-shifted accumulator")
+    product = product * _int64(multiplier)
+    product.add_(1 << 30).bitwise_right_shift_(31)
+    negative = (product < 0) & (right > 0)
+    product.add_((_int64(1) << right) >> 1).sub_(negative.to(torch.int64))
+    return product.bitwise_right_shift_(right)
+
+
 def _check_int32(x: torch.Tensor, what: str) -> None:
     if x.numel() and (int(x.min()) < INT32_MIN or int(x.max()) > INT32_MAX):
         raise ConfigError(f"{what} leaves the int32 range: the model's scales overflow int32 arithmetic")
@@ -130,15 +152,17 @@ def conv2d(x: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph), value=layer.input_zero_point)
-    windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, OH, OW, kh, kw)
+    # im2col with channels innermost (NHWC memory): each window copies whole channel runs,
+    # about 8x faster than gathering NCHW windows.
+    windows = x.contiguous(memory_format=torch.channels_last).unfold(2, kh, sh).unfold(3, kw, sw)
     n, _, oh, ow = windows.shape[:4]
-    columns = windows.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, in_channels * kh * kw)
-    weight_t = weight.reshape(out_channels, -1).t().contiguous()
+    columns = windows.permute(0, 2, 3, 4, 5, 1).reshape(n * oh * ow, kh * kw * in_channels)
+    weight_t = weight.permute(0, 2, 3, 1).reshape(out_channels, -1).t().contiguous()
     acc = _integer_matmul(columns, weight_t)
-    acc = acc - layer.input_zero_point * weight_t.to(torch.int64).sum(dim=0) + torch.from_numpy(layer.bias)
+    acc.add_(torch.from_numpy(layer.bias).to(torch.int64) - layer.input_zero_point * weight_t.to(torch.int64).sum(dim=0))
     _check_int32(acc, f"the accumulator of {layer.name}")
-    scaled = multiply_by_quantized_multiplier(acc, torch.from_numpy(layer.multiplier), torch.from_numpy(layer.shift))
-    y = torch.clamp(scaled + layer.output_zero_point, layer.act_min, layer.act_max).to(torch.int8)
+    scaled = requantize(acc, torch.from_numpy(layer.multiplier), torch.from_numpy(layer.shift))
+    y = scaled.add_(layer.output_zero_point).clamp_(layer.act_min, layer.act_max).to(torch.int8)
     y = y.reshape(n, oh, ow, out_channels).permute(0, 3, 1, 2)
     return y[:, :, 0, 0] if flat else y
 
@@ -147,11 +171,11 @@ def add(x1: torch.Tensor, x2: torch.Tensor, layer: AddLayer) -> torch.Tensor:
     """TFLite's int8 ADD (reference_integer_ops::AddFunc), with its optional fused ReLU."""
     lifted1 = (_int64(x1) - layer.input1_zero_point) << ADD_LEFT_SHIFT
     lifted2 = (_int64(x2) - layer.input2_zero_point) << ADD_LEFT_SHIFT
-    scaled1 = multiply_by_quantized_multiplier_smaller_than_one(lifted1, layer.input1_multiplier, layer.input1_shift)
-    scaled2 = multiply_by_quantized_multiplier_smaller_than_one(lifted2, layer.input2_multiplier, layer.input2_shift)
-    raw = multiply_by_quantized_multiplier_smaller_than_one(scaled1 + scaled2, layer.output_multiplier,
-                                                            layer.output_shift) + layer.output_zero_point
-    return torch.clamp(raw, layer.act_min, layer.act_max).to(torch.int8)
+    # MultiplyByQuantizedMultiplierSmallerThanOneExp is requantize with shift <= 0 (validated on load).
+    scaled = requantize(lifted1, layer.input1_multiplier, layer.input1_shift)
+    scaled.add_(requantize(lifted2, layer.input2_multiplier, layer.input2_shift))
+    raw = requantize(scaled, layer.output_multiplier, layer.output_shift).add_(layer.output_zero_point)
+    return raw.clamp_(layer.act_min, layer.act_max).to(torch.int8)
 
 
 def _pool_windows(x: torch.Tensor, layer: PoolLayer, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
