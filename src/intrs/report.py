@@ -93,3 +93,74 @@ def _paper_order(row: dict) -> tuple:
     except ValueError:
         sigma = math.inf
     return (_SYSTEM_ORDER.get(row["system"], len(_SYSTEM_ORDER)), row["system"], sigma, row["file"])
+
+
+# ---------------------------------------------------------------- one HTML page for a run folder
+
+
+def _markdown_to_html(text: str) -> str:
+    """The little markdown our experiments write: paragraphs and pipe tables."""
+    import html
+
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [line.strip("|").split("|") for line in table if not set(line) <= set("|-: ")]
+            head, body = rows[0], rows[1:]
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
+                                 for row in body) + "</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def write_html_report(run_dir: str | Path) -> Path:
+    """RUN_DIR/report.html: the settings, then every experiment's tables and figures, self-contained."""
+    import base64
+    import html
+    import json
+
+    run_dir = Path(run_dir)
+    settings_path = run_dir / "preset.json"
+    if not settings_path.is_file():
+        raise DataError(f"{run_dir} is not a run folder of 'intrs reproduce' (no preset.json)")
+    settings = json.loads(settings_path.read_text())
+    preset = settings["preset"]
+    parts = [f"<h1>intrs reproduction: preset {html.escape(preset['name'])}</h1>",
+             f"<p>data set {html.escape(preset['dataset'])}, seed {settings.get('seed')}</p>"]
+    if preset.get("reductions"):
+        parts.append("<h2>Departures from the paper's settings</h2><ul>"
+                     + "".join(f"<li>{html.escape(r)}</li>" for r in preset["reductions"]) + "</ul>")
+    parts.append("<details><summary>all settings</summary><pre>" + html.escape(json.dumps(preset, indent=2))
+                 + "</pre></details>")
+    from .experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        folder = run_dir / name
+        if not folder.is_dir():
+            continue
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        for md in sorted(folder.glob("*.md")):
+            parts.append(_markdown_to_html(md.read_text()))
+        for png in sorted(folder.glob("*.png")):
+            data = base64.b64encode(png.read_bytes()).decode()
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(png.name)}">'
+                         f"<figcaption>{html.escape(png.name)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:right}th{background:#eee}img{max-width:100%}figcaption{color:#666;font-size:small}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>intrs {html.escape(preset['name'])}</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,75 @@
+"""intrs reproduce: every experiment of the ci preset end to end, resumed without recomputation."""
+
+import json
+
+import pytest
+
+from intrs.experiments import EXPERIMENTS
+
+from test_cli import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    from intrs.data import FASHION_MNIST_DEFAULT_DIR
+
+    if not (FASHION_MNIST_DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (scripts/setup.sh installs it)")
+    from intrs.cli import main
+
+    out = tmp_path_factory.mktemp("reproduce") / "ci"
+    assert main(["reproduce", "all", "--preset", "ci", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_experiment_writes_data_tables_and_figures(ci_run):
+    for name in EXPERIMENTS:
+        folder = ci_run / name
+        assert list(folder.glob("*.md")), name
+        if name not in ("table1", "sigma-mismatch"):  # tables in the paper, figures elsewhere
+            assert list(folder.glob("*.png")), name
+        if name != "noisy-images":
+            assert list(folder.glob("*.csv")), name
+    for png in ci_run.glob("*/*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (ci_run / "certify-sigma" / "certified_accuracy.md").read_text()
+    for label in ("| FloatRS-fp | r = 0.25", "| IntRS-quant | r = 0.25", "| FloatRS-quant | r = 0.25", "sigma = 1.00",
+                  "IntRS-quant - FloatRS-fp"):
+        assert label in table
+    table1 = (ci_run / "table1" / "table1.csv").read_text().splitlines()
+    assert table1[0].startswith("n,FloatRS-fp correct") and [r.split(",")[0] for r in table1[1:]] == ["100", "200"]
+    linf = (ci_run / "pgd-linf" / "accuracy.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in linf[1:]] == ["0", "0.01", "0.03", "0.05"]
+
+
+def test_report_is_one_self_contained_page(ci_run):
+    page = (ci_run / "report.html").read_text()
+    assert page.count("<img src=\"data:image/png;base64,") >= 8 and "<table>" in page
+    assert "Departures from the paper" in page and "certify-sigma" in page
+
+
+def test_rerun_resumes_without_recomputing(capsys, ci_run):
+    data = sorted(ci_run.glob("*/*.tsv")) + sorted(ci_run.glob("models/**/*.pt")) + sorted(ci_run.glob("models/*.npz"))
+    stamps = {p: p.stat().st_mtime_ns for p in data}
+    tsv = ci_run / "certify-sigma" / "certify-intrs-quant-train0.25-sigma0.25-alpha0.001-n100.tsv"
+    full = tsv.read_text().splitlines()
+    tsv.write_text("\n".join(full[:-3]) + "\n")  # an interrupted run: three images missing
+    code, _, _ = run_cli(capsys, "reproduce", "certify-sigma", "--preset", "ci", "--out", ci_run)
+    assert code == 0
+    strip = lambda lines: [line.split("\t")[:5] + line.split("\t")[6:] for line in lines]
+    assert strip(tsv.read_text().splitlines()) == strip(full)
+    changed = [p for p, stamp in stamps.items() if p != tsv and p.stat().st_mtime_ns != stamp]
+    assert changed == []
+
+
+def test_other_settings_in_the_same_folder_are_refused(capsys, ci_run):
+    code, _, err = run_cli(capsys, "reproduce", "table1", "--preset", "fmnist", "--out", ci_run)
+    assert_one_line_error(code, err, "other settings", "another --out")
+    assert json.loads((ci_run / "preset.json").read_text())["preset"]["name"] == "ci"
+
+
+def test_paper_presets_fail_cleanly_without_their_data(capsys, tmp_path):
+    for preset in ("paper-cifar10", "paper-caltech101"):
+        code, _, err = run_cli(capsys, "reproduce", "certify-sigma", "--preset", preset, "--out", tmp_path / preset)
+        assert_one_line_error(code, err, "cannot be downloaded", "--data-dir")
+        assert (tmp_path / preset / "preset.json").exists()  # started; re-running with --data-dir resumes
