@@ -1,7 +1,6 @@
 """The command line: thin over the library, one clear line and exit status 2 for every user mistake."""
 
 import pytest
-import torch
 
 from intrs.cli import main
 from intrs.results import read_results

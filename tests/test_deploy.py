@@ -9,7 +9,6 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("onnxruntime")
 
 from intrs.certificate import radius_table  # noqa: E402
-from intrs.cli import main  # noqa: E402
 from intrs.intmodel import load_integer_model  # noqa: E402
 
 from test_cli import assert_one_line_error, run_cli  # noqa: E402

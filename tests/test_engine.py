@@ -2,7 +2,6 @@
 
 import ast
 import inspect
-import math
 
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ from intrs import engine
 from intrs.data import load_dataset
 from intrs.errors import CheckpointError, ConfigError
 from intrs.intmodel import load_integer_model, save_integer_model
-from intrs.models import ModelConfig, Normalize, build_model
+from intrs.models import ModelConfig, build_model
 from intrs.noise import DiscreteGaussianNoise, numpy_generator
 from intrs.quant import QuantModel, discrete_noisy_input, lower, prepare
 

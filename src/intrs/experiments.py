@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from .intmodel import IntegerModel, load_integer_model, save_integer_model
 from .noise import PIXEL_MAX, DiscreteGaussianNoise, GaussianNoise, numpy_generator
 from .progress import Progress, no_progress
 from .quant import QuantModel, QuantizeConfig, quantize
-from .report import analyze, certified_accuracy
+from .report import certified_accuracy
 from .results import read_results
 from .rng import random_stream, stream_seed
 from .systems import make_system

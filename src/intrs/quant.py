@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,7 +105,7 @@ def lower(model: nn.Module) -> tuple[list[FloatLayer], str, str]:
     for node in graph.graph.nodes:
         if node.op == "placeholder":
             if input_name is not None:
-                raise ConfigError(f"the model takes several inputs; intrs converts single-input classifiers")
+                raise ConfigError("the model takes several inputs; intrs converts single-input classifiers")
             input_name = alias[node.name] = "input"
             continue
         if node.op == "output":
