@@ -63,7 +63,7 @@ def test_foreign_state_dict_is_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="does not match the model's layout"):
         load_torchvision_state_dict(build_model(RGB), tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch state dict"):
+    with pytest.raises(CheckpointError, match="junk.pth is corrupt or not a PyTorch file"):
         load_torchvision_state_dict(build_model(RGB), tmp_path / "junk.pth")
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .data import DatasetInfo
 from .errors import CheckpointError
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, read_torch_file
 
 FORMAT = "intrs-checkpoint"
 VERSION = 1
@@ -68,13 +68,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found: train one with 'intrs train' or fix the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}); "
-                              "re-create it with 'intrs train'") from None
+    payload = read_torch_file(path, "checkpoint", "train one with 'intrs train' or fix the path")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an intrs checkpoint (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:

@@ -189,6 +189,17 @@ def build_model(config: ModelConfig) -> nn.Module:
     raise ConfigError(f"unknown architecture {config.arch!r}: use {ARCHITECTURES}")
 
 
+def read_torch_file(path: str | Path, what: str, fix: str):
+    """torch.load of a local file with weights_only=True (no code unpickled); user errors as CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} not found: {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch file ({type(exc).__name__}); {fix}") from None
+
+
 def load_torchvision_state_dict(model: nn.Module, path: str | Path) -> None:
     """Load a torchvision-format ResNet state dict from a local file into ``model``.
 
@@ -196,13 +207,7 @@ def load_torchvision_state_dict(model: nn.Module, path: str | Path) -> None:
     ImageNet head on a 101-class Caltech model), as fine-tuning from a pretrained
     backbone requires.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"pretrained weights {path} not found: pass a local torchvision state dict file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}); replace it") from None
+    state = read_torch_file(path, "pretrained weights", "pass a local torchvision state dict file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = model.state_dict()
