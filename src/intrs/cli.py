@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 from tqdm import tqdm
 
 from . import __version__
@@ -375,6 +376,37 @@ def reproduce_command(experiment, preset_name, out, data_dir, seed) -> None:
 def report_command(run_dir) -> None:
     """Build RUN_DIR/report.html: every table and figure of a reproduction, with its settings."""
     click.echo(f"wrote {write_html_report(run_dir)}")
+
+
+# ---------------------------------------------------------------- bench
+
+
+@cli.command("bench")
+@click.option("--inputs", default="3x32x32,1x28x28", show_default=True, help="Input shapes CxHxW, comma-separated.")
+@click.option("--batches", default="100,400,1000", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--samples", type=int, default=2000, show_default=True, help="Samples per measurement.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Interleaved rounds (best is kept).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True)
+def bench_command(inputs, batches, samples, repeats, out) -> None:
+    """Time the certification loop (noise + forward + votes) of FloatRS-fp, IntRS and reference int8 runtimes."""
+    from .bench import bench_certification, bench_noise, format_table, write_json
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+        shapes = tuple(tuple(int(d) for d in shape.split("x")) for shape in inputs.split(","))
+    except ValueError:
+        raise ConfigError(f"--batches must be integers and --inputs CxHxW shapes, comma-separated; got {batches!r}, "
+                          f"{inputs!r}") from None
+    if min(sizes) < 1 or samples < 1 or repeats < 1 or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise ConfigError("--batches, --samples and --repeats must be positive, --inputs shapes CxHxW")
+    results = bench_certification(shapes=shapes, batches=sizes, samples=samples, repeats=repeats,
+                                  progress=lambda r: click.echo(f"  {r.contender} {r.input_shape} batch {r.batch}: "
+                                                                f"{r.samples_per_second:,.0f} samples/s", err=True))
+    noise = bench_noise()
+    click.echo(format_table(results, noise), nl=False)
+    write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats,
+                                     "threads": torch.get_num_threads()})
+    click.echo(f"wrote {out}")
 
 
 # ---------------------------------------------------------------- demo

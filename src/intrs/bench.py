@@ -1,0 +1,134 @@
+"""Throughput of the certification loop (noise + forward pass + vote counting), system against system.
+
+Every contender certifies the same image with the same number of samples, in
+one process, interleaved and repeated, so that the ratios are measured in one
+run on the same (shared, noisy) machine. Models are ResNet-20s with random
+weights, calibrated for quantization: speed does not depend on what was learned.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import ModelConfig, build_model
+from .noise import DiscreteGaussianNoise, GaussianNoise
+from .quant import prepare
+from .smoothing import SmoothedClassifier, TorchClassifier
+from .systems import IntegerClassifier
+
+
+@dataclass
+class Measurement:
+    contender: str
+    input_shape: tuple[int, int, int]
+    batch: int
+    samples_per_second: float
+    ratio_to_float: float
+    peak_rss_mib: float  # the process's peak resident memory so far (cumulative across contenders)
+
+
+class OnnxClassifier:
+    """onnxruntime on the QDQ export of the integer model (requantizes in float): a reference runtime."""
+
+    def __init__(self, model):
+        import onnxruntime
+
+        from .onnx_export import export_onnx
+
+        options = onnxruntime.SessionOptions()
+        self.session = onnxruntime.InferenceSession(export_onnx(model), options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run(None, {self.name: batch.numpy().astype(np.int16)})[0]
+        return torch.from_numpy(logits.argmax(1))
+
+
+def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
+    torch.manual_seed(seed)
+    channels = shape[0]
+    model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
+    quantizer = prepare(model, shape)
+    with torch.no_grad():
+        quantizer(torch.randint(0, 256, (64, *shape)).float())
+    integer = quantizer.to_integer_model()
+    contenders = {
+        "FloatRS-fp (PyTorch float32)": (TorchClassifier(model), GaussianNoise(0.25)),
+        "IntRS (intrs engine)": (IntegerClassifier(integer), DiscreteGaussianNoise(0.25)),
+    }
+    try:
+        contenders["onnxruntime int8 QDQ (float requant)"] = (OnnxClassifier(integer), DiscreteGaussianNoise(0.25))
+    except Exception:  # onnxruntime is optional: the benchmark runs without it
+        pass
+    return contenders
+
+
+def _time_loop(base, noise, pixels: torch.Tensor, samples: int, batch: int) -> float:
+    smoothed = SmoothedClassifier(base, noise, 10, batch)
+    start = time.perf_counter()
+    counts = smoothed.sample_counts(pixels, samples, 12345)
+    elapsed = time.perf_counter() - start
+    assert counts.sum() == samples
+    return samples / elapsed
+
+
+def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 1000), samples: int = 2000,
+                        repeats: int = 3, seed: int = 0, progress=None) -> list[Measurement]:
+    """samples/s of each contender's certification loop; the best of ``repeats`` interleaved rounds."""
+    results = []
+    for shape in shapes:
+        contenders = _contenders(shape, seed)
+        pixels = torch.randint(0, 256, shape, dtype=torch.uint8)
+        for batch in batches:
+            best = {name: 0.0 for name in contenders}
+            peak = {}
+            for _ in range(repeats):
+                for name, (base, noise) in contenders.items():
+                    best[name] = max(best[name], _time_loop(base, noise, pixels, samples, batch))
+                    peak[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            reference = best["FloatRS-fp (PyTorch float32)"]
+            for name, rate in best.items():
+                results.append(Measurement(name, shape, batch, rate, rate / reference, peak[name]))
+                if progress:
+                    progress(results[-1])
+    return results
+
+
+def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
+    """Draws per second: the discrete Gaussian table sampler against numpy's and torch's normal."""
+    noise = DiscreteGaussianNoise(0.25)
+    generator = noise.generator(1)
+    normal = np.random.default_rng(1)
+    torch_generator = torch.Generator().manual_seed(1)
+    rates = {"discrete Gaussian (128-bit table, integer bits)": 0.0, "numpy standard_normal (float64)": 0.0,
+             "torch.randn (float32)": 0.0}
+    for _ in range(repeats):
+        for name, draw in ((list(rates)[0], lambda: noise.table.sample((count,), generator)),
+                           (list(rates)[1], lambda: normal.standard_normal(count)),
+                           (list(rates)[2], lambda: torch.randn(count, generator=torch_generator))):
+            start = time.perf_counter()
+            draw()
+            rates[name] = max(rates[name], count / (time.perf_counter() - start))
+    return rates
+
+
+def format_table(results: list[Measurement], noise: dict) -> str:
+    lines = ["| contender | input | batch | samples/s | vs FloatRS-fp | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.contender} | {'x'.join(map(str, r.input_shape))} | {r.batch} | "
+                     f"{r.samples_per_second:,.0f} | {r.ratio_to_float:.2f} | {r.peak_rss_mib:,.0f} |")
+    lines += ["", "| noise sampler | draws/s |", "|---|---|"]
+    lines += [f"| {name} | {rate:,.0f} |" for name, rate in noise.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str | Path, results: list[Measurement], noise: dict, settings: dict) -> None:
+    Path(path).write_text(json.dumps({"settings": settings, "certification": [asdict(r) for r in results],
+                                      "noise": noise}, indent=2) + "\n")

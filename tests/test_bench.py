@@ -1,0 +1,25 @@
+"""intrs bench runs every contender and reports ratios (speed itself is measured by the benchmark, not here)."""
+
+import json
+
+from test_cli import assert_one_line_error, run_cli
+
+
+def test_bench_reports_every_contender(capsys, tmp_path, monkeypatch):
+    import intrs.bench as bench
+
+    monkeypatch.setattr(bench, "bench_noise", lambda: {"discrete": 1.0, "numpy": 2.0})
+    out = tmp_path / "b.json"
+    code, stdout, _ = run_cli(capsys, "bench", "--inputs", "1x8x8", "--batches", "50", "--samples", 100,
+                              "--repeats", 1, "--out", out)
+    data = json.loads(out.read_text())
+    names = {r["contender"] for r in data["certification"]}
+    assert code == 0 and "FloatRS-fp (PyTorch float32)" in names and "IntRS (intrs engine)" in names
+    float_row = next(r for r in data["certification"] if r["contender"].startswith("FloatRS-fp"))
+    assert float_row["ratio_to_float"] == 1.0 and all(r["samples_per_second"] > 0 for r in data["certification"])
+    assert "| contender |" in stdout
+
+
+def test_bench_rejects_bad_flags(capsys):
+    code, _, err = run_cli(capsys, "bench", "--inputs", "32x32")
+    assert_one_line_error(code, err, "CxHxW")
