@@ -64,16 +64,13 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> torch.Tensor:
     """TFLite's MultiplyByQuantizedMultiplier (double rounding): x * M0 * 2^(shift - 31).
 
     RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2^max(shift, 0), M0), max(-shift, 0)).
+    The obviously correct composition; the forward pass uses :func:`requantize`, which
+    a test holds equal to it.
     """
     x, shift = _int64(x), _int64(shift)
     lifted = x << torch.clamp(shift, min=0)
     _check_int32(lifted, "the left-shifted accumulator")
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(lifted, multiplier), torch.clamp(-shift, min=0))
-
-
-def multiply_by_quantized_multiplier_smaller_than_one(x, multiplier, shift) -> torch.Tensor:
-    """TFLite's MultiplyByQuantizedMultiplierSmallerThanOneExp (shift <= 0), used by ADD."""
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), -_int64(shift))
 
 
 def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
