@@ -19,9 +19,9 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-# Reinstall only when the package's requirements changed.
+# Reinstall only when the package's requirements or its compiled kernels changed.
 stamp=.venv/.intrs-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py src/intrs/_kernels.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing intrs and its dependencies into .venv" >&2
   if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,report]' > .venv/pip.log 2>&1; then

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .errors import ConfigError
 from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
@@ -236,8 +237,20 @@ def check_input(model: IntegerModel, z) -> torch.Tensor:
 def forward(model: IntegerModel, z, trace: list | None = None) -> torch.Tensor:
     """int8 logits of the integer model on a batch of integer inputs (pixel steps, x_q = p + k).
 
-    ``trace``, when given, receives every intermediate array (for tests).
+    The compiled kernels (``intrs.kernels``) compute them where they can, the same
+    integers (tests hold the two equal); this module's ops otherwise. ``trace``,
+    when given, receives every intermediate array of the reference pass (for tests).
     """
+    z = check_input(model, z)
+    if trace is None:
+        logits = kernels.forward(model, z)
+        if logits is not None:
+            return logits
+    return reference_forward(model, z, trace)
+
+
+def reference_forward(model: IntegerModel, z, trace: list | None = None) -> torch.Tensor:
+    """The forward pass through this module's ops: the definition the compiled kernels are held to."""
     values = {model.input_name: check_input(model, z)}
     for layer in model.layers:
         inputs = [values[name] for name in layer.inputs]

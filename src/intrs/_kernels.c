@@ -1,0 +1,372 @@
+/* intrs compiled integer kernels: TFLite's int8 reference semantics, fast.
+ *
+ * The same integers as intrs/engine.py (the reference engine, which a test holds
+ * this file equal to on random models and inputs), computed on NHWC int8 arrays:
+ *
+ *   CONV_2D     acc = sum (x - z_in) w + b;  y = clamp(z_out + MultiplyByQuantizedMultiplier(acc))
+ *   ADD         TFLite's int8 AddFunc (inputs lifted by 2^20, three requantizations)
+ *   POOL        average (rounding half away from zero over the real points) and max
+ *
+ * Two instruction sets, chosen at run time: AVX-512 VNNI (vpdpbusd: u8 x s8 -> int32,
+ * 64 products per instruction; the int8 activations are lifted to u8 by + 128 and the
+ * lift removed with the weights' column sums, exactly) and portable C for any other CPU.
+ * MultiplyByQuantizedMultiplier is gemmlowp's double rounding in the fused form that
+ * engine.requantize documents: floor((a M0 + 2^30) / 2^31), then division by 2^right
+ * rounding half away from zero, every step in int64 lanes.
+ *
+ * Called through ctypes (no Python API): each function returns 0, or a nonzero error
+ * code when a value leaves int32 where TFLite's int32 arithmetic would overflow (the
+ * caller then raises the reference engine's error).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define INTRS_X86 1
+#define INTRS_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#else
+#define INTRS_X86 0
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define ERR_OVERFLOW 1
+#define ERR_MEMORY 2
+#define ADD_LEFT_SHIFT 20
+#define MAX_TILE 14 /* output pixels per register tile: 14 accumulators + weights < 32 zmm */
+
+int intrs_kernels_abi(void) { return 1; }
+
+static int isa_level = -1; /* 0 portable, 1 AVX-512 VNNI; -1 not chosen yet */
+
+int intrs_have_vnni(void) {
+#if INTRS_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+/* level 1 asks for VNNI (granted only where the CPU has it), 0 forces portable C; returns the level in use. */
+int intrs_set_isa(int level) {
+    isa_level = (level >= 1 && intrs_have_vnni()) ? 1 : 0;
+    return isa_level;
+}
+
+INLINE int use_vnni(void) {
+    if (isa_level < 0) intrs_set_isa(1);
+    return isa_level == 1;
+}
+
+/* One layer's requantization, per output channel (arrays of cout_pad int64). */
+typedef struct {
+    const int64_t *offset;   /* the bias (direct kernel, which sums (x - z_in) w) or bias - (z_in + 128) sum(w) (VNNI) */
+    const int64_t *mult;     /* M0 */
+    const int64_t *left;     /* max(shift, 0) */
+    const int64_t *right;    /* max(-shift, 0) */
+    const int64_t *half;     /* 2^right / 2 (0 when right == 0) */
+    int64_t zero_point, act_min, act_max;
+    int any_left;
+} requant_t;
+
+typedef struct {
+    int n, h, w, cin, cout, cout_pad, kh, kw, sh, sw, ph, pw, oh, ow;
+    int64_t input_zero_point;
+} conv_shape_t;
+
+/* ------------------------------------------------------------------ scalar (the definition) */
+
+INLINE int out_of_int32(int64_t v) { return v < INT32_MIN || v > INT32_MAX; }
+
+INLINE int64_t requant_scalar(int64_t acc, int64_t mult, int64_t left, int64_t right, int64_t half, int *err) {
+    if (out_of_int32(acc)) {
+        *err = ERR_OVERFLOW;
+        return 0;
+    }
+    int64_t lifted = acc * ((int64_t)1 << left);
+    if (left && out_of_int32(lifted)) *err = ERR_OVERFLOW;
+    int64_t p = (lifted * mult + ((int64_t)1 << 30)) >> 31;
+    p = p + half - (int64_t)(p < 0 && right > 0);
+    return p >> right;
+}
+
+INLINE int8_t finish_scalar(int64_t v, const requant_t *q) {
+    v += q->zero_point;
+    v = v < q->act_min ? q->act_min : v;
+    v = v > q->act_max ? q->act_max : v;
+    return (int8_t)v;
+}
+
+/* Direct convolution with int32 accumulators over any integer input type: the portable path for
+ * every layer, and the first layer's path on every CPU (its noisy input is wider than int8). The
+ * caller guarantees |x - z_in| * sum|w| < 2^31, so the int32 sums are the exact ones. */
+#define DEFINE_CONV_WIDE(NAME, XTYPE, ATTR)                                                              \
+    ATTR static int NAME(const XTYPE *x, const conv_shape_t *s, const int32_t *w, const requant_t *q,  \
+                         int8_t *y) {                                                                  \
+        int err = 0;                                                                                   \
+        int32_t *acc = (int32_t *)aligned_alloc(64, sizeof(int32_t) * s->cout_pad);                    \
+        if (!acc) return ERR_MEMORY;                                                                   \
+        for (int b = 0; b < s->n; b++)                                                                 \
+            for (int oy = 0; oy < s->oh; oy++)                                                         \
+                for (int ox = 0; ox < s->ow; ox++) {                                                   \
+                    memset(acc, 0, sizeof(int32_t) * s->cout_pad);                                     \
+                    for (int ky = 0; ky < s->kh; ky++) {                                               \
+                        int iy = oy * s->sh - s->ph + ky;                                              \
+                        if (iy < 0 || iy >= s->h) continue; /* padding: (z_in - z_in) w = 0 */         \
+                        for (int kx = 0; kx < s->kw; kx++) {                                           \
+                            int ix = ox * s->sw - s->pw + kx;                                          \
+                            if (ix < 0 || ix >= s->w) continue;                                        \
+                            const XTYPE *px = x + (((int64_t)b * s->h + iy) * s->w + ix) * s->cin;     \
+                            const int32_t *row = w + (int64_t)((ky * s->kw + kx) * s->cin) * s->cout_pad; \
+                            for (int c = 0; c < s->cin; c++, row += s->cout_pad) {                     \
+                                int32_t v = (int32_t)px[c] - (int32_t)s->input_zero_point;             \
+                                for (int o = 0; o < s->cout_pad; o++) acc[o] += v * row[o];            \
+                            }                                                                          \
+                        }                                                                              \
+                    }                                                                                  \
+                    int8_t *out = y + (((int64_t)b * s->oh + oy) * s->ow + ox) * s->cout;              \
+                    for (int o = 0; o < s->cout; o++)                                                  \
+                        out[o] = finish_scalar(requant_scalar((int64_t)acc[o] + q->offset[o], q->mult[o], \
+                                                              q->left[o], q->right[o], q->half[o], &err), q); \
+                }                                                                                      \
+        free(acc);                                                                                     \
+        return err;                                                                                    \
+    }
+
+DEFINE_CONV_WIDE(conv_wide_s8_portable, int8_t, )
+DEFINE_CONV_WIDE(conv_wide_s32_portable, int32_t, )
+#if INTRS_X86
+DEFINE_CONV_WIDE(conv_wide_s32_avx512, int32_t, INTRS_AVX512)
+#endif
+
+static int add_portable(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
+    /* p: z1, z2, z_out, M1, s1, M2, s2, Mo, so, act_min, act_max (shifts as TFLite stores them) */
+    int err = 0;
+    requant_t q = {0};
+    q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
+    int64_t r1 = -p[4], r2 = -p[6], lo = p[8] > 0 ? p[8] : 0, ro = p[8] < 0 ? -p[8] : 0;
+    for (int64_t i = 0; i < count; i++) {
+        int64_t u = requant_scalar(((int64_t)a[i] - p[0]) * (1 << ADD_LEFT_SHIFT), p[3], 0, r1,
+                                   r1 ? ((int64_t)1 << r1) >> 1 : 0, &err);
+        int64_t v = requant_scalar(((int64_t)b[i] - p[1]) * (1 << ADD_LEFT_SHIFT), p[5], 0, r2,
+                                   r2 ? ((int64_t)1 << r2) >> 1 : 0, &err);
+        y[i] = finish_scalar(requant_scalar(u + v, p[7], lo, ro, ro ? ((int64_t)1 << ro) >> 1 : 0, &err), &q);
+    }
+    return err;
+}
+
+/* ------------------------------------------------------------------ AVX-512 VNNI */
+#if INTRS_X86
+
+/* MultiplyByQuantizedMultiplier on 8 int64 lanes; *bad collects lanes that left int32. */
+INTRS_AVX512 INLINE __m512i requant8(__m512i acc, __m512i mult, __m512i left, __m512i right, __m512i half,
+                                     int any_left, __mmask8 *bad) {
+    const __m512i lo = _mm512_set1_epi64(INT32_MIN), hi = _mm512_set1_epi64(INT32_MAX);
+    *bad |= _mm512_cmplt_epi64_mask(acc, lo) | _mm512_cmpgt_epi64_mask(acc, hi);
+    if (any_left) {
+        acc = _mm512_sllv_epi64(acc, left);
+        *bad |= _mm512_cmplt_epi64_mask(acc, lo) | _mm512_cmpgt_epi64_mask(acc, hi);
+    }
+    __m512i p = _mm512_mul_epi32(acc, mult); /* signed low 32 bits x low 32 bits: exact for int32 lanes */
+    p = _mm512_srai_epi64(_mm512_add_epi64(p, _mm512_set1_epi64((int64_t)1 << 30)), 31);
+    __mmask8 negative = _mm512_cmplt_epi64_mask(p, _mm512_setzero_si512()) &
+                        _mm512_cmpgt_epi64_mask(right, _mm512_setzero_si512());
+    p = _mm512_add_epi64(p, half);
+    p = _mm512_mask_sub_epi64(p, negative, p, _mm512_set1_epi64(1));
+    return _mm512_srav_epi64(p, right);
+}
+
+/* z_out + value, clamped, for 16 int64 values in two halves -> 16 int8. */
+INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q) {
+    const __m512i zp = _mm512_set1_epi64(q->zero_point);
+    const __m512i mn = _mm512_set1_epi64(q->act_min), mx = _mm512_set1_epi64(q->act_max);
+    a = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(a, zp), mn), mx);
+    b = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(b, zp), mn), mx);
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
+    return _mm512_cvtepi32_epi8(both);
+}
+
+/* 16 output channels starting at o of one output pixel: int32 dot products -> int8. */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, int o, __mmask8 *bad) {
+    __m512i r[2];
+    for (int h = 0; h < 2; h++) {
+        __m512i d = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dot, 1) : _mm512_castsi512_si256(dot));
+        int c = o + 8 * h;
+        __m512i acc = _mm512_add_epi64(d, _mm512_loadu_si512(q->offset + c));
+        r[h] = requant8(acc, _mm512_loadu_si512(q->mult + c), _mm512_loadu_si512(q->left + c),
+                        _mm512_loadu_si512(q->right + c), _mm512_loadu_si512(q->half + c), q->any_left, bad);
+    }
+    return finish16(r[0], r[1], q);
+}
+
+/* One row tile: T output pixels x 16 output channels, accumulated with vpdpbusd.
+ * u: the padded u8 image (hp x wp x cin4); w: this block's packed weights [kh*kw*cin4/4][16][4]. */
+INTRS_AVX512 INLINE void tile(int T, const uint8_t *u, int wp, int cin4, const conv_shape_t *s, int oy, int ox0,
+                              const int8_t *w, const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
+    __m512i acc[MAX_TILE];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_si512();
+    const int step = s->sw * cin4;
+    for (int ky = 0; ky < s->kh; ky++)
+        for (int kx = 0; kx < s->kw; kx++) {
+            const uint8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * cin4;
+            for (int c = 0; c < cin4; c += 4, w += 64) {
+                __m512i wv = _mm512_loadu_si512(w);
+                for (int t = 0; t < T; t++) {
+                    int32_t quad;
+                    memcpy(&quad, base + t * step + c, 4);
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_set1_epi32(quad), wv);
+                }
+            }
+        }
+    int rest = s->cout - o;
+    __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
+    for (int t = 0; t < T; t++)
+        _mm_mask_storeu_epi8(yrow + (int64_t)(ox0 + t) * s->cout + o, keep, epilogue16(acc[t], q, o, bad));
+}
+
+#define TILE_CASE(T) \
+    case T: tile(T, u, wp, cin4, s, oy, ox0, w, q, o, yrow, bad); break;
+
+INTRS_AVX512 static void tile_dispatch(int T, const uint8_t *u, int wp, int cin4, const conv_shape_t *s, int oy,
+                                       int ox0, const int8_t *w, const requant_t *q, int o, int8_t *yrow,
+                                       __mmask8 *bad) {
+    switch (T) {
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7)
+        TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
+    }
+}
+
+/* int8 NHWC convolution through vpdpbusd. w: [cout_pad/16][kh*kw][cin4/4][16][4] int8. */
+INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q,
+                                     int8_t *y) {
+    const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
+    const int64_t block = (int64_t)s->kh * s->kw * cin4 * 16;
+    uint8_t *u = (uint8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
+    if (!u) return ERR_MEMORY;
+    const uint8_t pad = (uint8_t)(s->input_zero_point + 128);
+    __mmask8 bad = 0;
+    for (int b = 0; b < s->n; b++) {
+        /* the image lifted to u8 (x + 128), framed by the lifted zero point; the extra channels
+         * up to cin4 meet zero weights */
+        memset(u, pad, (size_t)hp * wp * cin4);
+        const int8_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
+        for (int iy = 0; iy < s->h; iy++)
+            for (int ix = 0; ix < s->w; ix++) {
+                uint8_t *dst = u + ((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin4;
+                const int8_t *src = xb + ((int64_t)iy * s->w + ix) * s->cin;
+                for (int c = 0; c < s->cin; c++) dst[c] = (uint8_t)(src[c] ^ 0x80);
+            }
+        for (int oy = 0; oy < s->oh; oy++) {
+            int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
+            for (int o = 0; o < s->cout; o += 16) {
+                const int8_t *wb = w + (o / 16) * block;
+                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE) {
+                    int T = s->ow - ox0 < MAX_TILE ? s->ow - ox0 : MAX_TILE;
+                    tile_dispatch(T, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &bad);
+                }
+            }
+        }
+    }
+    free(u);
+    return bad ? ERR_OVERFLOW : 0;
+}
+
+INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
+    requant_t q = {0};
+    q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i z1 = _mm512_set1_epi64(p[0]), z2 = _mm512_set1_epi64(p[1]);
+    const __m512i m1 = _mm512_set1_epi64(p[3]), m2 = _mm512_set1_epi64(p[5]), mo = _mm512_set1_epi64(p[7]);
+    const int64_t r1 = -p[4], r2 = -p[6], lo = p[8] > 0 ? p[8] : 0, ro = p[8] < 0 ? -p[8] : 0;
+    const __m512i vr1 = _mm512_set1_epi64(r1), vr2 = _mm512_set1_epi64(r2);
+    const __m512i h1 = _mm512_set1_epi64(((int64_t)1 << r1) >> 1), h2 = _mm512_set1_epi64(((int64_t)1 << r2) >> 1);
+    const __m512i vlo = _mm512_set1_epi64(lo), vro = _mm512_set1_epi64(ro);
+    const __m512i ho = _mm512_set1_epi64(((int64_t)1 << ro) >> 1);
+    __mmask8 bad = 0;
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m128i va = _mm_loadu_si128((const __m128i *)(a + i)), vb = _mm_loadu_si128((const __m128i *)(b + i));
+        __m512i r[2];
+        for (int h = 0; h < 2; h++) {
+            __m512i xa = _mm512_cvtepi8_epi64(h ? _mm_srli_si128(va, 8) : va);
+            __m512i xb = _mm512_cvtepi8_epi64(h ? _mm_srli_si128(vb, 8) : vb);
+            xa = _mm512_slli_epi64(_mm512_sub_epi64(xa, z1), ADD_LEFT_SHIFT);
+            xb = _mm512_slli_epi64(_mm512_sub_epi64(xb, z2), ADD_LEFT_SHIFT);
+            __m512i sum = _mm512_add_epi64(requant8(xa, m1, zero, vr1, h1, 0, &bad),
+                                           requant8(xb, m2, zero, vr2, h2, 0, &bad));
+            r[h] = requant8(sum, mo, vlo, vro, ho, lo > 0, &bad);
+        }
+        _mm_storeu_si128((__m128i *)(y + i), finish16(r[0], r[1], &q));
+    }
+    int err = add_portable(a + i, b + i, count - i, p, y + i);
+    return (bad ? ERR_OVERFLOW : 0) | err;
+}
+
+#endif /* INTRS_X86 */
+
+/* ------------------------------------------------------------------ entry points */
+
+int intrs_conv_s8(const int8_t *x, const conv_shape_t *s, const int8_t *w_vnni, const int32_t *w_wide,
+                  const requant_t *q_vnni, const requant_t *q_wide, int8_t *y) {
+#if INTRS_X86
+    if (use_vnni()) return conv_s8_vnni(x, s, w_vnni, q_vnni, y);
+#endif
+    (void)w_vnni, (void)q_vnni;
+    return conv_wide_s8_portable(x, s, w_wide, q_wide, y);
+}
+
+int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int32_t *w_wide, const requant_t *q_wide,
+                   int8_t *y) {
+#if INTRS_X86
+    if (use_vnni()) return conv_wide_s32_avx512(x, s, w_wide, q_wide, y);
+#endif
+    return conv_wide_s32_portable(x, s, w_wide, q_wide, y);
+}
+
+int intrs_add(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y) {
+#if INTRS_X86
+    if (use_vnni()) return add_avx512(a, b, count, params, y);
+#endif
+    return add_portable(a, b, count, params, y);
+}
+
+/* AVERAGE_POOL_2D (average != 0) or MAX_POOL_2D on NHWC int8, over the real points of each window. */
+int intrs_pool(const int8_t *x, int n, int h, int w, int c, int kh, int kw, int sh, int sw, int ph, int pw, int oh,
+               int ow, int average, int act_min, int act_max, int8_t *y) {
+    int32_t *sum = (int32_t *)malloc(sizeof(int32_t) * c);
+    if (!sum) return ERR_MEMORY;
+    for (int b = 0; b < n; b++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                int count = 0;
+                for (int k = 0; k < c; k++) sum[k] = average ? 0 : -129;
+                for (int ky = 0; ky < kh; ky++) {
+                    int iy = oy * sh - ph + ky;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int kx = 0; kx < kw; kx++) {
+                        int ix = ox * sw - pw + kx;
+                        if (ix < 0 || ix >= w) continue;
+                        const int8_t *p = x + (((int64_t)b * h + iy) * w + ix) * c;
+                        count++;
+                        if (average)
+                            for (int k = 0; k < c; k++) sum[k] += p[k];
+                        else
+                            for (int k = 0; k < c; k++) sum[k] = p[k] > sum[k] ? p[k] : sum[k];
+                    }
+                }
+                int8_t *out = y + (((int64_t)b * oh + oy) * ow + ox) * c;
+                for (int k = 0; k < c; k++) {
+                    int32_t v = sum[k];
+                    if (average) /* C's truncating division after adding half the count: half away from zero */
+                        v = count == 0 ? 0 : v > 0 ? (v + count / 2) / count : (v - count / 2) / count;
+                    v = v < act_min ? act_min : (v > act_max ? act_max : v);
+                    out[k] = (int8_t)v;
+                }
+            }
+    free(sum);
+    return 0;
+}

@@ -1,0 +1,125 @@
+"""The compiled kernels return exactly the reference engine's integers, on both instruction sets."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from intrs import engine, kernels
+from intrs.errors import ConfigError
+from intrs.intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer, validate
+
+ISAS = ["portable"] + (["avx512-vnni"] if kernels.library() and kernels.library().intrs_have_vnni() else [])
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    assert kernels.set_instruction_set(request.param) == request.param
+    yield request.param
+    kernels.set_instruction_set("avx512-vnni")
+
+
+def test_the_build_made_the_kernels_where_a_compiler_exists():
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert kernels.library() is not None, "setup.py's optional extension did not build: see .venv/pip.log"
+
+
+def test_kernel_source_has_no_floating_point_type():
+    source = (Path(kernels.__file__).parent / "_kernels.c").read_text()
+    code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    assert not re.search(r"\b(float|double|_Float\d+|__m512[dh]?\b|__m256[dh]|_pd|_ps)\b", code)
+
+
+def _conv(rng, name, inputs, cin, cout, k, stride, in_zero, shifts=(-14, 1)):
+    pad = k // 2
+    out_zero = int(rng.integers(-128, 128))
+    relu = bool(rng.integers(2))
+    return ConvLayer(name, "conv2d", inputs, name, rng.integers(-127, 128, size=(cout, cin, k, k)).astype(np.int8),
+                     rng.integers(-20000, 20000, size=cout).astype(np.int32),
+                     rng.integers(1 << 30, 1 << 31, size=cout, dtype=np.int64).astype(np.int32),
+                     rng.integers(*shifts, size=cout, endpoint=True).astype(np.int32), (stride, stride), (pad, pad),
+                     in_zero, out_zero, out_zero if relu else -128, 127, 1.0, 1.0, np.ones(cout, np.float32), relu)
+
+
+def _add(rng, name, a: ConvLayer, b: ConvLayer):
+    m = lambda: int(rng.integers(1 << 30, 1 << 31))
+    out_zero = int(rng.integers(-128, 128))
+    return AddLayer(name, "add", [a.output, b.output], name, a.output_zero_point, b.output_zero_point, out_zero,
+                    m(), int(rng.integers(-2, 1)), m(), int(rng.integers(-2, 1)), m(), int(rng.integers(-21, -17)),
+                    -128, 127, 1.0, 1.0, 1.0)
+
+
+def random_model(seed: int, cin: int, width: int, size: int, pool: str, saturate: bool) -> IntegerModel:
+    """A small residual network of every layer the kernels cover, with odd channel counts and shapes."""
+    rng = np.random.default_rng(seed)
+    first = _conv(rng, "first", ["input"], cin, width, 3, 1, int(rng.integers(-3, 4)), shifts=(-18, -8))
+    body = _conv(rng, "body", ["first"], width, width, 3, 1, first.output_zero_point)
+    skip = _conv(rng, "skip", ["first"], width, width, 1, 1, first.output_zero_point, shifts=(-10, 2))
+    add = _add(rng, "add", body, skip)
+    down = _conv(rng, "down", ["add"], width, width + 5, 3, 2, add.output_zero_point)
+    layers = [first, body, skip, add, down]
+    if pool == "max":
+        layers.append(PoolLayer("pool", "max_pool", ["down"], "pool", (3, 3), (2, 2), (1, 1)))
+        layers.append(PoolLayer("flat", "flatten", ["pool"], "flat"))  # a map wider than 1x1: NCHW order
+    else:
+        layers.append(PoolLayer("pool", "average_pool", ["down"], "pool", is_global=pool == "global",
+                                kernel=(2, 2), stride=(2, 2)))
+        layers.append(PoolLayer("flat", "flatten", ["pool"], "flat"))
+    down_size = (size + 1) // 2
+    spatial = 1 if pool == "global" else ((down_size + 1) // 2) ** 2 if pool == "max" else (down_size // 2) ** 2
+    head = _conv(rng, "fc", ["flat"], (width + 5) * spatial, 7, 1, 1, down.output_zero_point)
+    head.op, head.padding = "fully_connected", (0, 0)
+    layers.append(head)
+    model = IntegerModel("input", (cin, size, size), (-32768, 32767), 1.0, layers, "fc", {},
+                         input_saturation=(0, 255) if saturate else None)
+    validate(model)
+    return model
+
+
+# the fixture only fixes the instruction set, the same for every example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from([1, 3, 5]), st.sampled_from([4, 16, 19, 32]),
+       st.sampled_from([5, 8, 15]), st.sampled_from(["global", "window", "max"]), st.booleans(),
+       st.sampled_from([1, 7, 40]))
+def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool, saturate, batch):
+    model = random_model(seed, cin, width, size, pool, saturate)
+    rng = np.random.default_rng(seed + 1)
+    z = torch.from_numpy(rng.integers(-400, 700, size=(batch, cin, size, size)).astype(np.int32))
+    want = engine.reference_forward(model, z)
+    got = kernels.forward(model, engine.check_input(model, z))
+    assert got is not None, "the kernels declined a model they cover"
+    assert got.dtype == torch.int8 and torch.equal(got, want)
+
+
+def test_engine_forward_uses_the_kernels_and_agrees(isa):
+    model = random_model(3, 1, 16, 12, "global", False)
+    z = torch.randint(-300, 600, (64, 1, 12, 12), dtype=torch.int32)
+    assert torch.equal(engine.forward(model, z), engine.reference_forward(model, z))
+
+
+def test_an_overflowing_layer_raises_the_reference_error(isa):
+    model = random_model(4, 1, 16, 8, "global", False)
+    model.layers[1].shift[:] = 30  # acc << 30 leaves int32
+    z = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.int32)
+    with pytest.raises(ConfigError, match="left-shifted accumulator"):
+        engine.forward(model, z)
+
+
+def test_first_layer_inputs_whose_int32_sums_could_wrap_go_to_the_reference(isa):
+    model = random_model(5, 3, 16, 6, "global", False)
+    model.layers[0].weight[:] = 127
+    z = torch.full((2, 6, 6, 3), 1 << 23, dtype=torch.int32)  # 27 * 127 * 2^23 > 2^31
+    assert kernels.Plan(model).run(kernels.library(), z.permute(0, 3, 1, 2)) is None
+    assert kernels.Plan(model).run(kernels.library(), (z >> 8).permute(0, 3, 1, 2)) is not None
+
+
+def test_reference_env_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv(kernels.ENGINE_ENV, "reference")
+    assert kernels.instruction_set() == "reference"
+    assert kernels.forward(random_model(6, 1, 4, 5, "global", False), torch.zeros(1, 1, 5, 5, dtype=torch.int32)) \
+        is None
