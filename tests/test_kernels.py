@@ -123,3 +123,28 @@ def test_reference_env_turns_the_kernels_off(monkeypatch):
     assert kernels.instruction_set() == "reference"
     assert kernels.forward(random_model(6, 1, 4, 5, "global", False), torch.zeros(1, 1, 5, 5, dtype=torch.int32)) \
         is None
+
+
+class _CraftedWords:
+    """A generator stand-in whose raw words are given: hits every threshold exactly (the rare tie case)."""
+
+    def __init__(self, words, lows):
+        self.words, self.lows = np.array(words, dtype=np.uint64), list(lows)
+        self.bit_generator = self
+
+    def random_raw(self, size=None):
+        return self.lows.pop(0) if size is None else self.words[:size].copy()
+
+
+@pytest.mark.parametrize("sigma", [0.12, 1.0])
+def test_compiled_table_draws_equal_numpy_search_including_ties(monkeypatch, sigma):
+    from intrs.noise import DiscreteGaussianNoise
+
+    table = DiscreteGaussianNoise(sigma).table
+    rng = np.random.default_rng(0)
+    words = np.concatenate([table.high, table.high - np.uint64(1), table.high[:-1] + np.uint64(1),
+                            rng.integers(0, 2 ** 64, size=5000, dtype=np.uint64), [0, 2 ** 64 - 1]])
+    lows = [int(v) for v in rng.integers(0, 2 ** 64, size=4 * len(words), dtype=np.uint64)]
+    compiled = table.sample((len(words),), _CraftedWords(words, lows))
+    monkeypatch.setenv(kernels.ENGINE_ENV, "reference")
+    assert np.array_equal(compiled, table.sample((len(words),), _CraftedWords(words, lows)))

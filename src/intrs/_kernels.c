@@ -370,3 +370,23 @@ int intrs_pool(const int8_t *x, int n, int h, int w, int c, int kh, int kw, int 
     free(sum);
     return 0;
 }
+
+/* Inverse-CDF draws from a table of 128-bit thresholds, by their high 64-bit words (intrs.noise.TableSampler).
+ * out[i] = values[min(j, size - 1)], j the number of high words <= words[i] (numpy's searchsorted, side
+ * "right"); guide[b] is the number of high words below b * 2^(64 - guide_bits), where the scan starts, so
+ * a draw costs one or two comparisons. tie[i] marks a word equal to a high word: the caller settles those
+ * with a second random word, as the sampler defines. Returns the number of ties. */
+int64_t intrs_table_draw(const uint64_t *high, int64_t size, const int32_t *guide, int guide_bits,
+                         const int32_t *values, const uint64_t *words, int64_t count, int32_t *out, uint8_t *tie) {
+    int64_t ties = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint64_t word = words[i];
+        int64_t j = guide[word >> (64 - guide_bits)];
+        uint8_t equal = 0;
+        while (j < size && high[j] <= word) equal |= high[j++] == word;
+        out[i] = values[j < size ? j : size - 1];
+        tie[i] = equal;
+        ties += equal;
+    }
+    return ties;
+}

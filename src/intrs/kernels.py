@@ -62,6 +62,8 @@ def library() -> ctypes.CDLL | None:
         lib.intrs_add.argtypes = [pointer, pointer, int64, pointer, pointer]
         lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
         lib.intrs_set_isa.argtypes = [integer]
+        lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer]
+        lib.intrs_table_draw.restype = int64
         return lib
     return None
 
@@ -87,6 +89,19 @@ def set_instruction_set(name: str) -> str:
         raise ValueError(f"unknown instruction set {name!r}")
     _requested_level = int(name == "avx512-vnni")
     return instruction_set()
+
+
+def table_draw(high: np.ndarray, guide: np.ndarray, guide_bits: int, values: np.ndarray,
+               words: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Table-sampler draws for 64-bit ``words`` and the mask of words equal to a threshold's high word
+    (see ``intrs.noise.TableSampler``), or None without the compiled kernels."""
+    if not available():
+        return None
+    out = np.empty(words.shape, dtype=np.int32)
+    tie = np.empty(words.shape, dtype=np.uint8)
+    library().intrs_table_draw(_pointer(high), len(high), _pointer(guide), guide_bits, _pointer(values),
+                               _pointer(words), words.size, _pointer(out), _pointer(tie))
+    return out, tie.view(bool)
 
 
 def _pointer(array) -> int:
