@@ -71,6 +71,10 @@ typedef struct {
     const int64_t *half;     /* 2^right / 2 (0 when right == 0) */
     int64_t zero_point, act_min, act_max;
     int any_left;
+    /* fast32: every accumulator provably within +-2^30 and no left shift, so the whole requantization
+     * runs in 16 int32 lanes (the int32 copies below); otherwise the int64 lanes above with checks */
+    int fast32;
+    const int32_t *offset32, *mult32, *right32, *half32;
 } requant_t;
 
 typedef struct {
@@ -139,9 +143,6 @@ INLINE int8_t finish_scalar(int64_t v, const requant_t *q) {
 
 DEFINE_CONV_WIDE(conv_wide_s8_portable, int8_t, )
 DEFINE_CONV_WIDE(conv_wide_s32_portable, int32_t, )
-#if INTRS_X86
-DEFINE_CONV_WIDE(conv_wide_s32_avx512, int32_t, INTRS_AVX512)
-#endif
 
 static int add_portable(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
     /* p: z1, z2, z_out, M1, s1, M2, s2, Mo, so, act_min, act_max (shifts as TFLite stores them) */
@@ -190,8 +191,34 @@ INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q) {
     return _mm512_cvtepi32_epi8(both);
 }
 
+/* MultiplyByQuantizedMultiplier on 16 int32 lanes, for |acc| <= 2^30 (so every intermediate fits):
+ * the 64-bit products of the even and the odd lanes, floor((a M0 + 2^30) / 2^31), interleaved back. */
+INTRS_AVX512 INLINE __m512i requant16(__m512i acc, __m512i mult, __m512i right, __m512i half) {
+    const __m512i nudge = _mm512_set1_epi64((int64_t)1 << 30), zero = _mm512_setzero_si512();
+    __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(acc, mult), nudge), 31);
+    __m512i odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_srli_epi64(mult, 32));
+    odd = _mm512_srai_epi64(_mm512_add_epi64(odd, nudge), 31);
+    __m512i p = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    __mmask16 negative = _mm512_cmplt_epi32_mask(p, zero) & _mm512_cmpgt_epi32_mask(right, zero);
+    p = _mm512_add_epi32(p, half);
+    p = _mm512_mask_sub_epi32(p, negative, p, _mm512_set1_epi32(1));
+    return _mm512_srav_epi32(p, right);
+}
+
+INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const requant_t *q) {
+    v = _mm512_add_epi32(v, _mm512_set1_epi32((int32_t)q->zero_point));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32((int32_t)q->act_min)),
+                         _mm512_set1_epi32((int32_t)q->act_max));
+    return _mm512_cvtepi32_epi8(v);
+}
+
 /* 16 output channels starting at o of one output pixel: int32 dot products -> int8. */
 INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, int o, __mmask8 *bad) {
+    if (q->fast32) {
+        __m512i acc = _mm512_add_epi32(dot, _mm512_loadu_si512(q->offset32 + o));
+        return finish16_32(requant16(acc, _mm512_loadu_si512(q->mult32 + o), _mm512_loadu_si512(q->right32 + o),
+                                     _mm512_loadu_si512(q->half32 + o)), q);
+    }
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
         __m512i d = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dot, 1) : _mm512_castsi512_si256(dot));
@@ -203,37 +230,56 @@ INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, int o, _
     return finish16(r[0], r[1], q);
 }
 
-/* One row tile: T output pixels x 16 output channels, accumulated with vpdpbusd.
- * u: the padded u8 image (hp x wp x cin4); w: this block's packed weights [kh*kw*cin4/4][16][4]. */
-INTRS_AVX512 INLINE void tile(int T, const uint8_t *u, int wp, int cin4, const conv_shape_t *s, int oy, int ox0,
-                              const int8_t *w, const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
-    __m512i acc[MAX_TILE];
-    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_si512();
-    const int step = s->sw * cin4;
+/* One register tile: T output pixels of a row x NB blocks of 16 output channels; each broadcast of
+ * 4 input bytes feeds NB instructions: vpdpbusd on 4 u8 channels (int8 layers, lifted by 128) or, WIDE,
+ * vpdpwssd on 2 int16 channels (the first layer's noisy input).
+ * u: the padded image (hp x wp pixels of ``pixel`` bytes); w: block o/16's packed weights
+ * [kh*kw*pixel/4][16][4 bytes], the next block's ``block`` bytes further. */
+INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, const uint8_t *u, int wp, int pixel, const conv_shape_t *s,
+                              int oy, int ox0, const int8_t *w, int64_t block, const requant_t *q, int o,
+                              int8_t *yrow, __mmask8 *bad) {
+    __m512i acc[2][MAX_TILE];
+    for (int k = 0; k < NB; k++)
+        for (int t = 0; t < T; t++) acc[k][t] = _mm512_setzero_si512();
+    const int step = s->sw * pixel;
     for (int ky = 0; ky < s->kh; ky++)
         for (int kx = 0; kx < s->kw; kx++) {
-            const uint8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * cin4;
-            for (int c = 0; c < cin4; c += 4, w += 64) {
-                __m512i wv = _mm512_loadu_si512(w);
+            const uint8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * pixel;
+            for (int c = 0; c < pixel; c += 4, w += 64) {
+                __m512i w0 = _mm512_loadu_si512(w), w1 = NB > 1 ? _mm512_loadu_si512(w + block) : w0;
                 for (int t = 0; t < T; t++) {
                     int32_t quad;
                     memcpy(&quad, base + t * step + c, 4);
-                    acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_set1_epi32(quad), wv);
+                    __m512i a = _mm512_set1_epi32(quad);
+                    if (WIDE) {
+                        acc[0][t] = _mm512_dpwssd_epi32(acc[0][t], a, w0);
+                        if (NB > 1) acc[1][t] = _mm512_dpwssd_epi32(acc[1][t], a, w1);
+                    } else {
+                        acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], a, w0);
+                        if (NB > 1) acc[1][t] = _mm512_dpbusd_epi32(acc[1][t], a, w1);
+                    }
                 }
             }
         }
-    int rest = s->cout - o;
-    __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
-    for (int t = 0; t < T; t++)
-        _mm_mask_storeu_epi8(yrow + (int64_t)(ox0 + t) * s->cout + o, keep, epilogue16(acc[t], q, o, bad));
+    for (int k = 0; k < NB; k++) {
+        int rest = s->cout - o - 16 * k;
+        __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
+        for (int t = 0; t < T; t++)
+            _mm_mask_storeu_epi8(yrow + (int64_t)(ox0 + t) * s->cout + o + 16 * k, keep,
+                                 epilogue16(acc[k][t], q, o + 16 * k, bad));
+    }
 }
 
-#define TILE_CASE(T) \
-    case T: tile(T, u, wp, cin4, s, oy, ox0, w, q, o, yrow, bad); break;
+#define TILE_CASE(T)                                                                              \
+    case T:                                                                                       \
+        if (WIDE) tile(1, 1, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);             \
+        else if (NB == 2) tile(0, 2, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);     \
+        else tile(0, 1, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);                  \
+        break;
 
-INTRS_AVX512 static void tile_dispatch(int T, const uint8_t *u, int wp, int cin4, const conv_shape_t *s, int oy,
-                                       int ox0, const int8_t *w, const requant_t *q, int o, int8_t *yrow,
-                                       __mmask8 *bad) {
+INTRS_AVX512 static void tile_dispatch(int WIDE, int NB, int T, const uint8_t *u, int wp, int pixel,
+                                       const conv_shape_t *s, int oy, int ox0, const int8_t *w, int64_t block,
+                                       const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
     switch (T) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7)
         TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
@@ -248,25 +294,35 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
     uint8_t *u = (uint8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
     if (!u) return ERR_MEMORY;
     const uint8_t pad = (uint8_t)(s->input_zero_point + 128);
+    const __m512i lift = _mm512_set1_epi8((char)0x80);
     __mmask8 bad = 0;
     for (int b = 0; b < s->n; b++) {
         /* the image lifted to u8 (x + 128), framed by the lifted zero point; the extra channels
          * up to cin4 meet zero weights */
         memset(u, pad, (size_t)hp * wp * cin4);
         const int8_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
-        for (int iy = 0; iy < s->h; iy++)
-            for (int ix = 0; ix < s->w; ix++) {
-                uint8_t *dst = u + ((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin4;
-                const int8_t *src = xb + ((int64_t)iy * s->w + ix) * s->cin;
-                for (int c = 0; c < s->cin; c++) dst[c] = (uint8_t)(src[c] ^ 0x80);
+        for (int iy = 0; iy < s->h; iy++) {
+            uint8_t *dst = u + ((int64_t)(iy + s->ph) * wp + s->pw) * cin4;
+            const int8_t *src = xb + (int64_t)iy * s->w * s->cin;
+            if (s->cin == cin4) { /* a row is one contiguous run on both sides */
+                int64_t len = (int64_t)s->w * cin4, i = 0;
+                for (; i + 64 <= len; i += 64)
+                    _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), lift));
+                __mmask64 tail = (__mmask64)((1ull << (len - i)) - 1);
+                _mm512_mask_storeu_epi8(dst + i, tail, _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, src + i), lift));
+            } else {
+                for (int ix = 0; ix < s->w; ix++)
+                    for (int c = 0; c < s->cin; c++) dst[ix * cin4 + c] = (uint8_t)(src[ix * s->cin + c] ^ 0x80);
             }
+        }
         for (int oy = 0; oy < s->oh; oy++) {
             int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
-            for (int o = 0; o < s->cout; o += 16) {
+            for (int o = 0; o < s->cout; o += 32) {
                 const int8_t *wb = w + (o / 16) * block;
+                int NB = s->cout - o > 16 ? 2 : 1;
                 for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE) {
                     int T = s->ow - ox0 < MAX_TILE ? s->ow - ox0 : MAX_TILE;
-                    tile_dispatch(T, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &bad);
+                    tile_dispatch(0, NB, T, u, wp, cin4, s, oy, ox0, wb, block, q, o, yrow, &bad);
                 }
             }
         }
@@ -275,35 +331,63 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
     return bad ? ERR_OVERFLOW : 0;
 }
 
+/* The first layer: int32 inputs with |x - z_in| < 2^15 as int16 pairs through vpdpwssd (the caller checks
+ * that range, and |x - z_in| sum|w| < 2^31 so the int32 sums are exact). The padded image holds x - z_in
+ * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. */
+INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, const int16_t *w, const requant_t *q,
+                                      int8_t *y) {
+    const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw, pixel = 2 * cin2;
+    const int64_t block = (int64_t)s->kh * s->kw * pixel * 16;
+    int16_t *u = (int16_t *)aligned_alloc(64, ((size_t)hp * wp * pixel + 63) & ~(size_t)63);
+    if (!u) return ERR_MEMORY;
+    __mmask8 bad = 0;
+    for (int b = 0; b < s->n; b++) {
+        memset(u, 0, (size_t)hp * wp * pixel);
+        const int32_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
+        for (int iy = 0; iy < s->h; iy++)
+            for (int ix = 0; ix < s->w; ix++)
+                for (int c = 0; c < s->cin; c++)
+                    u[((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin2 + c] =
+                        (int16_t)(xb[((int64_t)iy * s->w + ix) * s->cin + c] - s->input_zero_point);
+        for (int oy = 0; oy < s->oh; oy++) {
+            int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
+            for (int o = 0; o < s->cout; o += 16) {
+                const int8_t *wb = (const int8_t *)w + (o / 16) * block;
+                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE) {
+                    int T = s->ow - ox0 < MAX_TILE ? s->ow - ox0 : MAX_TILE;
+                    tile_dispatch(1, 1, T, (const uint8_t *)u, wp, pixel, s, oy, ox0, wb, block, q, o, yrow, &bad);
+                }
+            }
+        }
+    }
+    free(u);
+    return bad ? ERR_OVERFLOW : 0;
+}
+
+/* TFLite validates ADD's shifts <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs
+ * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). */
 INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
+    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return add_portable(a, b, count, p, y);
     requant_t q = {0};
     q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i z1 = _mm512_set1_epi64(p[0]), z2 = _mm512_set1_epi64(p[1]);
-    const __m512i m1 = _mm512_set1_epi64(p[3]), m2 = _mm512_set1_epi64(p[5]), mo = _mm512_set1_epi64(p[7]);
-    const int64_t r1 = -p[4], r2 = -p[6], lo = p[8] > 0 ? p[8] : 0, ro = p[8] < 0 ? -p[8] : 0;
-    const __m512i vr1 = _mm512_set1_epi64(r1), vr2 = _mm512_set1_epi64(r2);
-    const __m512i h1 = _mm512_set1_epi64(((int64_t)1 << r1) >> 1), h2 = _mm512_set1_epi64(((int64_t)1 << r2) >> 1);
-    const __m512i vlo = _mm512_set1_epi64(lo), vro = _mm512_set1_epi64(ro);
-    const __m512i ho = _mm512_set1_epi64(((int64_t)1 << ro) >> 1);
-    __mmask8 bad = 0;
+    const __m512i z1 = _mm512_set1_epi32((int32_t)p[0]), z2 = _mm512_set1_epi32((int32_t)p[1]);
+    const __m512i m1 = _mm512_set1_epi32((int32_t)p[3]), m2 = _mm512_set1_epi32((int32_t)p[5]);
+    const __m512i mo = _mm512_set1_epi32((int32_t)p[7]);
+    const __m512i r1 = _mm512_set1_epi32((int32_t)-p[4]), r2 = _mm512_set1_epi32((int32_t)-p[6]);
+    const __m512i ro = _mm512_set1_epi32((int32_t)-p[8]);
+    const __m512i h1 = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[4]) >> 1));
+    const __m512i h2 = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[6]) >> 1));
+    const __m512i ho = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[8]) >> 1));
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
-        __m128i va = _mm_loadu_si128((const __m128i *)(a + i)), vb = _mm_loadu_si128((const __m128i *)(b + i));
-        __m512i r[2];
-        for (int h = 0; h < 2; h++) {
-            __m512i xa = _mm512_cvtepi8_epi64(h ? _mm_srli_si128(va, 8) : va);
-            __m512i xb = _mm512_cvtepi8_epi64(h ? _mm_srli_si128(vb, 8) : vb);
-            xa = _mm512_slli_epi64(_mm512_sub_epi64(xa, z1), ADD_LEFT_SHIFT);
-            xb = _mm512_slli_epi64(_mm512_sub_epi64(xb, z2), ADD_LEFT_SHIFT);
-            __m512i sum = _mm512_add_epi64(requant8(xa, m1, zero, vr1, h1, 0, &bad),
-                                           requant8(xb, m2, zero, vr2, h2, 0, &bad));
-            r[h] = requant8(sum, mo, vlo, vro, ho, lo > 0, &bad);
-        }
-        _mm_storeu_si128((__m128i *)(y + i), finish16(r[0], r[1], &q));
+        __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
+        __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
+        xa = _mm512_slli_epi32(_mm512_sub_epi32(xa, z1), ADD_LEFT_SHIFT);
+        xb = _mm512_slli_epi32(_mm512_sub_epi32(xb, z2), ADD_LEFT_SHIFT);
+        __m512i sum = _mm512_add_epi32(requant16(xa, m1, r1, h1), requant16(xb, m2, r2, h2));
+        _mm_storeu_si128((__m128i *)(y + i), finish16_32(requant16(sum, mo, ro, ho), &q));
     }
-    int err = add_portable(a + i, b + i, count - i, p, y + i);
-    return (bad ? ERR_OVERFLOW : 0) | err;
+    return add_portable(a + i, b + i, count - i, p, y + i);
 }
 
 #endif /* INTRS_X86 */
@@ -319,11 +403,14 @@ int intrs_conv_s8(const int8_t *x, const conv_shape_t *s, const int8_t *w_vnni, 
     return conv_wide_s8_portable(x, s, w_wide, q_wide, y);
 }
 
-int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int32_t *w_wide, const requant_t *q_wide,
-                   int8_t *y) {
+/* x: int32 NHWC; w_pairs and q_pairs serve the VNNI path, which the caller offers (non-null) only where
+ * |x - z_in| < 2^15. */
+int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int16_t *w_pairs, const requant_t *q_pairs,
+                   const int32_t *w_wide, const requant_t *q_wide, int8_t *y) {
 #if INTRS_X86
-    if (use_vnni()) return conv_wide_s32_avx512(x, s, w_wide, q_wide, y);
+    if (use_vnni() && w_pairs) return conv_s16_vnni(x, s, w_pairs, q_pairs, y);
 #endif
+    (void)w_pairs, (void)q_pairs;
     return conv_wide_s32_portable(x, s, w_wide, q_wide, y);
 }
 

@@ -43,7 +43,8 @@ class ConvShape(ctypes.Structure):
 class Requant(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in ("offset", "mult", "left", "right", "half")] + \
                [("zero_point", ctypes.c_int64), ("act_min", ctypes.c_int64), ("act_max", ctypes.c_int64),
-                ("any_left", ctypes.c_int)]
+                ("any_left", ctypes.c_int), ("fast32", ctypes.c_int)] + \
+               [(name, ctypes.c_void_p) for name in ("offset32", "mult32", "right32", "half32")]
 
 
 @lru_cache(maxsize=1)
@@ -58,7 +59,7 @@ def library() -> ctypes.CDLL | None:
             continue
         pointer, integer, int64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         lib.intrs_conv_s8.argtypes = [pointer] * 7
-        lib.intrs_conv_s32.argtypes = [pointer] * 5
+        lib.intrs_conv_s32.argtypes = [pointer] * 7
         lib.intrs_add.argtypes = [pointer, pointer, int64, pointer, pointer]
         lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
         lib.intrs_set_isa.argtypes = [integer]
@@ -108,6 +109,45 @@ def _pointer(array) -> int:
     return array.data_ptr() if isinstance(array, torch.Tensor) else array.ctypes.data
 
 
+def _blocks(weight: np.ndarray, group: int, dtype) -> np.ndarray:
+    """(O_pad, C, kh, kw) weights as the VNNI kernels read them: [O_pad / 16][kh][kw][C_g / g][16 outputs][g],
+    C padded with zeros to a multiple of the group g (4 int8 for vpdpbusd, 2 int16 for vpdpwssd)."""
+    out, cin, kh, kw = weight.shape
+    groups = -(-cin // group)
+    padded = np.zeros((out, kh, kw, groups * group), dtype=dtype)
+    padded[:, :, :, :cin] = weight.transpose(0, 2, 3, 1)
+    blocks = padded.reshape(out // 16, 16, kh, kw, groups, group).transpose(0, 2, 3, 4, 1, 5)
+    return np.ascontiguousarray(blocks)
+
+
+class _Requants:
+    """One layer's requantization constants (int64 per output channel, int32 copies for the fast lanes)."""
+
+    def __init__(self, layer: ConvLayer, cout_pad: int):
+        def pad(values):
+            out = np.zeros(cout_pad, dtype=np.int64)
+            out[:len(values)] = values
+            return out
+
+        self.layer, shift = layer, pad(layer.shift)
+        self.mult, self.left, self.right = pad(layer.multiplier), np.maximum(shift, 0), np.maximum(-shift, 0)
+        self.half = (np.int64(1) << self.right) >> 1
+        self.int32 = [a.astype(np.int32) for a in (self.mult, self.right, self.half)]
+        self.keep = []  # offsets handed to C: kept alive with the structs that point at them
+
+    def make(self, offset: np.ndarray, fast32: bool) -> Requant:
+        """``fast32`` promises |acc| <= 2^30 (the int32-lane epilogue) and is refused with a left shift."""
+        fast32 = fast32 and not self.left.any()
+        offset32 = offset.astype(np.int32) if fast32 else offset
+        self.keep += [offset, offset32]
+        mult32, right32, half32 = self.int32
+        layer = self.layer
+        return Requant(_pointer(offset), _pointer(self.mult), _pointer(self.left), _pointer(self.right),
+                       _pointer(self.half), layer.output_zero_point, layer.act_min, layer.act_max,
+                       int(self.left.any()), int(fast32), _pointer(offset32), _pointer(mult32), _pointer(right32),
+                       _pointer(half32))
+
+
 class _Conv:
     """A convolution's packed weights and requantization constants, for both instruction sets."""
 
@@ -119,36 +159,27 @@ class _Conv:
         self.cout_pad = -(-out // 16) * 16
         padded = np.zeros((self.cout_pad, cin, kh, kw), dtype=np.int64)
         padded[:out] = weight
-        column_sums = padded.sum(axis=(1, 2, 3))
-        # (kh, kw, C, O_pad) int32: the direct kernel's rows of output channels
-        self.w_wide = np.ascontiguousarray(padded.transpose(2, 3, 1, 0)).astype(np.int32)
-        # vpdpbusd blocks: [O_pad / 16][kh][kw][C4 / 4][16 outputs][4 inputs]
-        cin4 = -(-cin // 4) * 4
-        lifted = np.zeros((self.cout_pad, kh, kw, cin4), dtype=np.int8)
-        lifted[:, :, :, :cin] = padded.transpose(0, 2, 3, 1)
-        blocks = lifted.reshape(self.cout_pad // 16, 16, kh, kw, cin4 // 4, 4).transpose(0, 2, 3, 4, 1, 5)
-        self.w_vnni = np.ascontiguousarray(blocks)
-        self.max_abs_column = int(np.abs(padded).sum(axis=(1, 2, 3)).max(initial=0))
+        abs_columns = np.abs(padded).sum(axis=(1, 2, 3))
+        self.max_abs_column = int(abs_columns.max(initial=0))
         bias = np.zeros(self.cout_pad, dtype=np.int64)
         bias[:out] = layer.bias
-        shift = np.zeros(self.cout_pad, dtype=np.int64)
-        shift[:out] = layer.shift
-        mult = np.zeros(self.cout_pad, dtype=np.int64)
-        mult[:out] = layer.multiplier
-        left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-        self.arrays = dict(mult=mult, left=left, right=right, half=(np.int64(1) << right) >> 1,
-                           offset_wide=bias,  # the direct kernel sums (x - z_in) w itself
-                           offset_vnni=bias - (layer.input_zero_point + 128) * column_sums)
-        self.q_wide = self._requant("offset_wide")
-        self.q_vnni = self._requant("offset_vnni")
-        # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
-        self.vnni_exact = kh * kw * cin4 * 255 * 127 <= _INT32_LIMIT
-
-    def _requant(self, offset: str) -> Requant:
-        a, layer = self.arrays, self.layer
-        return Requant(_pointer(a[offset]), _pointer(a["mult"]), _pointer(a["left"]), _pointer(a["right"]),
-                       _pointer(a["half"]), layer.output_zero_point, layer.act_min, layer.act_max,
-                       int(a["left"].any()))
+        self.max_abs_bias = int(np.abs(bias).max(initial=0))
+        requants = _Requants(layer, self.cout_pad)
+        # the direct kernel (portable C), rows of output channels (kh, kw, C, O_pad); it sums (x - z_in) w itself
+        self.w_wide = np.ascontiguousarray(padded.transpose(2, 3, 1, 0)).astype(np.int32)
+        self.q_wide = requants.make(bias, fast32=False)
+        if wide_input:
+            # vpdpwssd on x - z_in as int16 pairs; whether |acc| <= 2^30 depends on the batch
+            self.w_pairs = _blocks(padded, 2, np.int16)
+            self.q_pairs = {fast: requants.make(bias, fast) for fast in (False, True)}
+        else:
+            # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w, and |acc| <= 255 sum|w| + |b|
+            self.w_vnni = _blocks(padded, 4, np.int8)
+            offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
+            self.q_vnni = requants.make(offset, fast32=int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30)
+            # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
+            self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
+        self.requants = requants
 
     def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
         n, h, w, c = x.shape
@@ -159,11 +190,16 @@ class _Conv:
                           layer.input_zero_point)
         y = torch.empty((n, oh, ow, self.cout), dtype=torch.int8)
         if self.wide_input:
-            if x.numel() and max(abs(int(x.max()) - layer.input_zero_point),
-                                 abs(int(x.min()) - layer.input_zero_point)) * self.max_abs_column > _INT32_LIMIT:
+            values = x.numpy()  # numpy's single-threaded reductions: torch's took milliseconds under load
+            deviation = max(abs(int(values.max()) - layer.input_zero_point),
+                            abs(int(values.min()) - layer.input_zero_point)) if x.numel() else 0
+            if deviation * self.max_abs_column > _INT32_LIMIT:
                 return None  # int32 sums might wrap: the reference engine's int64 products decide
-            rc = lib.intrs_conv_s32(_pointer(x), ctypes.byref(shape), _pointer(self.w_wide),
-                                    ctypes.byref(self.q_wide), _pointer(y))
+            pairs = deviation < 2 ** 15
+            q_pairs = self.q_pairs[deviation * self.max_abs_column + self.max_abs_bias <= 2 ** 30]
+            rc = lib.intrs_conv_s32(_pointer(x), ctypes.byref(shape), _pointer(self.w_pairs) if pairs else None,
+                                    ctypes.byref(q_pairs), _pointer(self.w_wide), ctypes.byref(self.q_wide),
+                                    _pointer(y))
         else:
             if not self.vnni_exact:
                 return None
