@@ -14,9 +14,11 @@ def test_bench_reports_every_contender(capsys, tmp_path, monkeypatch):
                               "--repeats", 1, "--out", out)
     data = json.loads(out.read_text())
     names = {r["contender"] for r in data["certification"]}
-    assert code == 0 and "FloatRS-fp (PyTorch float32)" in names and "IntRS (intrs engine)" in names
+    assert code == 0 and {"FloatRS-fp (PyTorch float32)", bench.INTRS_REFERENCE} <= names
+    assert (bench.INTRS_COMPILED in names) == (data["settings"]["intrs_kernels"] != "reference")
     float_row = next(r for r in data["certification"] if r["contender"].startswith("FloatRS-fp"))
     assert float_row["ratio_to_float"] == 1.0 and all(r["samples_per_second"] > 0 for r in data["certification"])
+    assert all(r["noise_share"] > 0 for r in data["certification"])
     assert "| contender |" in stdout
 
 

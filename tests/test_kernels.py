@@ -148,3 +148,17 @@ def test_compiled_table_draws_equal_numpy_search_including_ties(monkeypatch, sig
     compiled = table.sample((len(words),), _CraftedWords(words, lows))
     monkeypatch.setenv(kernels.ENGINE_ENV, "reference")
     assert np.array_equal(compiled, table.sample((len(words),), _CraftedWords(words, lows)))
+
+
+def test_prepared_plans_leave_with_their_model():
+    import gc
+    import pickle
+
+    model = random_model(7, 1, 4, 5, "global", False)
+    engine.forward(model, torch.zeros(2, 1, 5, 5, dtype=torch.int32))
+    assert id(model) in kernels._plans
+    pickle.dumps(model)  # Ray ships models to its workers: the prepared kernels must not ride along
+    key = id(model)
+    del model
+    gc.collect()
+    assert key not in kernels._plans

@@ -191,41 +191,58 @@ INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q) {
     return _mm512_cvtepi32_epi8(both);
 }
 
+/* The int32-lane requantization constants of 16 outputs, loaded once per tile. */
+typedef struct {
+    __m512i offset, mult, mult_odd, right, half, zero_point, act_min, act_max;
+    __mmask16 rounds; /* lanes with a right shift */
+} lanes_t;
+
+INTRS_AVX512 INLINE lanes_t lanes_of(__m512i offset, __m512i mult, __m512i right, __m512i half, int64_t zero_point,
+                                     int64_t act_min, int64_t act_max) {
+    lanes_t c;
+    c.offset = offset, c.mult = mult, c.mult_odd = _mm512_srli_epi64(mult, 32), c.right = right, c.half = half;
+    c.zero_point = _mm512_set1_epi32((int32_t)zero_point);
+    c.act_min = _mm512_set1_epi32((int32_t)act_min), c.act_max = _mm512_set1_epi32((int32_t)act_max);
+    c.rounds = _mm512_cmpgt_epi32_mask(right, _mm512_setzero_si512());
+    return c;
+}
+
+INTRS_AVX512 INLINE lanes_t lanes_at(const requant_t *q, int o) {
+    return lanes_of(_mm512_loadu_si512(q->offset32 + o), _mm512_loadu_si512(q->mult32 + o),
+                    _mm512_loadu_si512(q->right32 + o), _mm512_loadu_si512(q->half32 + o), q->zero_point,
+                    q->act_min, q->act_max);
+}
+
 /* MultiplyByQuantizedMultiplier on 16 int32 lanes, for |acc| <= 2^30 (so every intermediate fits):
  * the 64-bit products of the even and the odd lanes, floor((a M0 + 2^30) / 2^31), interleaved back. */
-INTRS_AVX512 INLINE __m512i requant16(__m512i acc, __m512i mult, __m512i right, __m512i half) {
-    const __m512i nudge = _mm512_set1_epi64((int64_t)1 << 30), zero = _mm512_setzero_si512();
-    __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(acc, mult), nudge), 31);
-    __m512i odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_srli_epi64(mult, 32));
+INTRS_AVX512 INLINE __m512i requant16(__m512i acc, const lanes_t *c) {
+    const __m512i nudge = _mm512_set1_epi64((int64_t)1 << 30);
+    __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(acc, c->mult), nudge), 31);
+    __m512i odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), c->mult_odd);
     odd = _mm512_srai_epi64(_mm512_add_epi64(odd, nudge), 31);
     __m512i p = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    __mmask16 negative = _mm512_cmplt_epi32_mask(p, zero) & _mm512_cmpgt_epi32_mask(right, zero);
-    p = _mm512_add_epi32(p, half);
+    __mmask16 negative = _mm512_mask_cmplt_epi32_mask(c->rounds, p, _mm512_setzero_si512());
+    p = _mm512_add_epi32(p, c->half);
     p = _mm512_mask_sub_epi32(p, negative, p, _mm512_set1_epi32(1));
-    return _mm512_srav_epi32(p, right);
+    return _mm512_srav_epi32(p, c->right);
 }
 
-INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const requant_t *q) {
-    v = _mm512_add_epi32(v, _mm512_set1_epi32((int32_t)q->zero_point));
-    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32((int32_t)q->act_min)),
-                         _mm512_set1_epi32((int32_t)q->act_max));
-    return _mm512_cvtepi32_epi8(v);
+INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const lanes_t *c) {
+    v = _mm512_add_epi32(v, c->zero_point);
+    return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
 }
 
-/* 16 output channels starting at o of one output pixel: int32 dot products -> int8. */
-INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, int o, __mmask8 *bad) {
-    if (q->fast32) {
-        __m512i acc = _mm512_add_epi32(dot, _mm512_loadu_si512(q->offset32 + o));
-        return finish16_32(requant16(acc, _mm512_loadu_si512(q->mult32 + o), _mm512_loadu_si512(q->right32 + o),
-                                     _mm512_loadu_si512(q->half32 + o)), q);
-    }
+/* 16 output channels starting at o of one output pixel: int32 dot products -> int8; c holds the
+ * int32-lane constants when q->fast32. */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, __mmask8 *bad) {
+    if (q->fast32) return finish16_32(requant16(_mm512_add_epi32(dot, c->offset), c), c);
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
         __m512i d = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dot, 1) : _mm512_castsi512_si256(dot));
-        int c = o + 8 * h;
-        __m512i acc = _mm512_add_epi64(d, _mm512_loadu_si512(q->offset + c));
-        r[h] = requant8(acc, _mm512_loadu_si512(q->mult + c), _mm512_loadu_si512(q->left + c),
-                        _mm512_loadu_si512(q->right + c), _mm512_loadu_si512(q->half + c), q->any_left, bad);
+        int k = o + 8 * h;
+        __m512i acc = _mm512_add_epi64(d, _mm512_loadu_si512(q->offset + k));
+        r[h] = requant8(acc, _mm512_loadu_si512(q->mult + k), _mm512_loadu_si512(q->left + k),
+                        _mm512_loadu_si512(q->right + k), _mm512_loadu_si512(q->half + k), q->any_left, bad);
     }
     return finish16(r[0], r[1], q);
 }
@@ -264,9 +281,11 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, const uint8_t *u, int wp,
     for (int k = 0; k < NB; k++) {
         int rest = s->cout - o - 16 * k;
         __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
+        lanes_t c;
+        if (q->fast32) c = lanes_at(q, o + 16 * k);
         for (int t = 0; t < T; t++)
             _mm_mask_storeu_epi8(yrow + (int64_t)(ox0 + t) * s->cout + o + 16 * k, keep,
-                                 epilogue16(acc[k][t], q, o + 16 * k, bad));
+                                 epilogue16(acc[k][t], q, &c, o + 16 * k, bad));
     }
 }
 
@@ -368,24 +387,22 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
  * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). */
 INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
     if (p[4] > 0 || p[6] > 0 || p[8] > 0) return add_portable(a, b, count, p, y);
-    requant_t q = {0};
-    q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
+    const __m512i zero = _mm512_setzero_si512();
+#define ADD_LANES(M, SHIFT, ZP, MIN, MAX)                                                                   \
+    lanes_of(zero, _mm512_set1_epi32((int32_t)(M)), _mm512_set1_epi32((int32_t)-(SHIFT)),                  \
+             _mm512_set1_epi32((int32_t)(((int64_t)1 << -(SHIFT)) >> 1)), ZP, MIN, MAX)
+    const lanes_t c1 = ADD_LANES(p[3], p[4], 0, 0, 0), c2 = ADD_LANES(p[5], p[6], 0, 0, 0);
+    const lanes_t co = ADD_LANES(p[7], p[8], p[2], p[9], p[10]);
+#undef ADD_LANES
     const __m512i z1 = _mm512_set1_epi32((int32_t)p[0]), z2 = _mm512_set1_epi32((int32_t)p[1]);
-    const __m512i m1 = _mm512_set1_epi32((int32_t)p[3]), m2 = _mm512_set1_epi32((int32_t)p[5]);
-    const __m512i mo = _mm512_set1_epi32((int32_t)p[7]);
-    const __m512i r1 = _mm512_set1_epi32((int32_t)-p[4]), r2 = _mm512_set1_epi32((int32_t)-p[6]);
-    const __m512i ro = _mm512_set1_epi32((int32_t)-p[8]);
-    const __m512i h1 = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[4]) >> 1));
-    const __m512i h2 = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[6]) >> 1));
-    const __m512i ho = _mm512_set1_epi32((int32_t)(((int64_t)1 << -p[8]) >> 1));
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
         __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
         __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
         xa = _mm512_slli_epi32(_mm512_sub_epi32(xa, z1), ADD_LEFT_SHIFT);
         xb = _mm512_slli_epi32(_mm512_sub_epi32(xb, z2), ADD_LEFT_SHIFT);
-        __m512i sum = _mm512_add_epi32(requant16(xa, m1, r1, h1), requant16(xb, m2, r2, h2));
-        _mm_storeu_si128((__m128i *)(y + i), finish16_32(requant16(sum, mo, ro, ho), &q));
+        __m512i sum = _mm512_add_epi32(requant16(xa, &c1), requant16(xb, &c2));
+        _mm_storeu_si128((__m128i *)(y + i), finish16_32(requant16(sum, &co), &co));
     }
     return add_portable(a + i, b + i, count - i, p, y + i);
 }

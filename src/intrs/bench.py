@@ -8,6 +8,7 @@ weights, calibrated for quantization: speed does not depend on what was learned.
 
 from __future__ import annotations
 
+import copy
 import json
 import resource
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import engine, kernels
 from .models import ModelConfig, build_model
 from .noise import DiscreteGaussianNoise, GaussianNoise
 from .quant import prepare
@@ -32,6 +34,7 @@ class Measurement:
     samples_per_second: float
     ratio_to_float: float
     peak_rss_mib: float  # the process's peak resident memory so far (cumulative across contenders)
+    noise_share: float  # the fraction of the loop's time spent drawing noise
 
 
 class OnnxClassifier:
@@ -51,6 +54,36 @@ class OnnxClassifier:
         return torch.from_numpy(logits.argmax(1))
 
 
+class ReferenceEngineClassifier:
+    """The reference engine (PyTorch integer ops), without the compiled kernels: what they replace."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return engine.argmax_lowest(engine.reference_forward(self.model, batch))
+
+
+def pytorch_int8(model: torch.nn.Module, shape: tuple[int, int, int]) -> TorchClassifier:
+    """PyTorch's own int8 model (FX post-training quantization, x86 backend): fast, but it requantizes with
+    float multipliers, so it is not an integer-only function. A reference runtime for speed only."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    example = torch.rand(8, *shape)
+    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (example,))
+    with torch.no_grad():
+        prepared(torch.rand(64, *shape))
+    classifier = TorchClassifier.__new__(TorchClassifier)
+    classifier.model = convert_fx(prepared).eval()
+    return classifier
+
+
+INTRS_COMPILED = "IntRS (intrs compiled kernels)"
+INTRS_REFERENCE = "IntRS (intrs reference engine)"
+
+
 def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
     torch.manual_seed(seed)
     channels = shape[0]
@@ -59,10 +92,14 @@ def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
     with torch.no_grad():
         quantizer(torch.randint(0, 256, (64, *shape)).float())
     integer = quantizer.to_integer_model()
-    contenders = {
-        "FloatRS-fp (PyTorch float32)": (TorchClassifier(model), GaussianNoise(0.25)),
-        "IntRS (intrs engine)": (IntegerClassifier(integer), DiscreteGaussianNoise(0.25)),
-    }
+    contenders = {"FloatRS-fp (PyTorch float32)": (TorchClassifier(model), GaussianNoise(0.25))}
+    if kernels.available():
+        contenders[INTRS_COMPILED] = (IntegerClassifier(integer), DiscreteGaussianNoise(0.25))
+    contenders[INTRS_REFERENCE] = (ReferenceEngineClassifier(integer), DiscreteGaussianNoise(0.25))
+    try:
+        contenders["PyTorch int8 x86 (float requant)"] = (pytorch_int8(model, shape), GaussianNoise(0.25))
+    except Exception:  # torch.ao's quantization is optional here (deprecated upstream): the benchmark goes on
+        pass
     try:
         contenders["onnxruntime int8 QDQ (float requant)"] = (OnnxClassifier(integer), DiscreteGaussianNoise(0.25))
     except Exception:  # onnxruntime is optional: the benchmark runs without it
@@ -79,6 +116,14 @@ def _time_loop(base, noise, pixels: torch.Tensor, samples: int, batch: int) -> f
     return samples / elapsed
 
 
+def _time_noise(noise, pixels: torch.Tensor, samples: int, batch: int) -> float:
+    generator = noise.generator(12345)
+    start = time.perf_counter()
+    for first in range(0, samples, batch):
+        noise.perturb(pixels, min(batch, samples - first), generator)
+    return samples / (time.perf_counter() - start)
+
+
 def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 1000), samples: int = 2000,
                         repeats: int = 3, seed: int = 0, progress=None) -> list[Measurement]:
     """samples/s of each contender's certification loop; the best of ``repeats`` interleaved rounds."""
@@ -88,14 +133,17 @@ def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 10
         pixels = torch.randint(0, 256, shape, dtype=torch.uint8)
         for batch in batches:
             best = {name: 0.0 for name in contenders}
+            noise_rate = {name: 0.0 for name in contenders}
             peak = {}
             for _ in range(repeats):
                 for name, (base, noise) in contenders.items():
                     best[name] = max(best[name], _time_loop(base, noise, pixels, samples, batch))
+                    noise_rate[name] = max(noise_rate[name], _time_noise(noise, pixels, samples, batch))
                     peak[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             reference = best["FloatRS-fp (PyTorch float32)"]
             for name, rate in best.items():
-                results.append(Measurement(name, shape, batch, rate, rate / reference, peak[name]))
+                results.append(Measurement(name, shape, batch, rate, rate / reference, peak[name],
+                                           rate / noise_rate[name]))
                 if progress:
                     progress(results[-1])
     return results
@@ -120,13 +168,23 @@ def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
 
 
 def format_table(results: list[Measurement], noise: dict) -> str:
-    lines = ["| contender | input | batch | samples/s | vs FloatRS-fp | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    lines = ["| contender | input | batch | samples/s | vs FloatRS-fp | noise share | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.contender} | {'x'.join(map(str, r.input_shape))} | {r.batch} | "
-                     f"{r.samples_per_second:,.0f} | {r.ratio_to_float:.2f} | {r.peak_rss_mib:,.0f} |")
+                     f"{r.samples_per_second:,.0f} | {r.ratio_to_float:.2f} | {r.noise_share:.0%} | "
+                     f"{r.peak_rss_mib:,.0f} |")
     lines += ["", "| noise sampler | draws/s |", "|---|---|"]
     lines += [f"| {name} | {rate:,.0f} |" for name, rate in noise.items()]
     return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    """What the numbers were measured on: threads, the integer kernels' instruction set, the CPU."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    return {"threads": torch.get_num_threads(), "intrs_kernels": kernels.instruction_set(), "cpu": cpu,
+            "torch": torch.__version__}
 
 
 def write_json(path: str | Path, results: list[Measurement], noise: dict, settings: dict) -> None:

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
 
 from . import __version__
@@ -389,7 +388,7 @@ def report_command(run_dir) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True)
 def bench_command(inputs, batches, samples, repeats, out) -> None:
     """Time the certification loop (noise + forward + votes) of FloatRS-fp, IntRS and reference int8 runtimes."""
-    from .bench import bench_certification, bench_noise, format_table, write_json
+    from .bench import bench_certification, bench_noise, format_table, machine, write_json
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))
@@ -404,8 +403,10 @@ def bench_command(inputs, batches, samples, repeats, out) -> None:
                                                                 f"{r.samples_per_second:,.0f} samples/s", err=True))
     noise = bench_noise()
     click.echo(format_table(results, noise), nl=False)
-    write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats,
-                                     "threads": torch.get_num_threads()})
+    where = machine()
+    click.echo(f"measured with {where['threads']} threads, integer kernels: {where['intrs_kernels']}, "
+               f"CPU: {where['cpu']}")
+    write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats, **where})
     click.echo(f"wrote {out}")
 
 
