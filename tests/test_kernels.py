@@ -14,7 +14,8 @@ from intrs import engine, kernels
 from intrs.errors import ConfigError
 from intrs.intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer, validate
 
-ISAS = ["portable"] + (["avx512-vnni"] if kernels.library() and kernels.library().intrs_have_vnni() else [])
+ISAS = [name for name in kernels.INSTRUCTION_SETS if kernels.set_instruction_set(name) == name]
+kernels.set_instruction_set("avx512-vnni")
 
 
 @pytest.fixture(params=ISAS)

@@ -2,7 +2,7 @@
 
 It computes exactly the integers of the reference engine (``intrs.engine``; the
 tests hold the two equal on random models and inputs, on both instruction sets),
-on NHWC int8 arrays: AVX-512 VNNI where the CPU has it, portable C otherwise.
+on NHWC int8 arrays: AVX-512 VNNI where the CPU has it, else AVX2, else portable C.
 The reference engine stays the definition and the fallback, chosen
 automatically: where no compiler built the library, for layers the kernels do
 not cover, for the rare batch whose accumulators could leave int32 (the
@@ -62,7 +62,7 @@ def library() -> ctypes.CDLL | None:
         if lib.intrs_kernels_abi() != _ABI:
             continue
         pointer, integer, int64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        lib.intrs_conv_s8.argtypes = [pointer] * 7
+        lib.intrs_conv_s8.argtypes = [pointer] * 9
         lib.intrs_conv_s32.argtypes = [pointer] * 7
         lib.intrs_add.argtypes = [pointer, pointer, int64, pointer, pointer]
         lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
@@ -77,22 +77,24 @@ def available() -> bool:
     return os.environ.get(ENGINE_ENV, "auto") != "reference" and library() is not None
 
 
-_requested_level = 1  # 1: AVX-512 VNNI where the CPU has it, 0: portable C
+INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni")  # the C library's levels 0, 1, 2
+_requested_level = len(INSTRUCTION_SETS) - 1  # the best this CPU has
 
 
 def instruction_set() -> str:
-    """Which kernels run: 'avx512-vnni', 'portable' or 'reference' (no compiled path)."""
+    """Which kernels run: 'avx512-vnni', 'avx2', 'portable' or 'reference' (no compiled path)."""
     if not available():
         return "reference"
-    return "avx512-vnni" if library().intrs_set_isa(_requested_level) else "portable"
+    return INSTRUCTION_SETS[library().intrs_set_isa(_requested_level)]
 
 
 def set_instruction_set(name: str) -> str:
-    """Ask for 'avx512-vnni' (granted where the CPU has it) or force 'portable' C; for tests and benchmarks."""
+    """Ask for an instruction set (granted the best one at or below it that the CPU has); for tests and
+    benchmarks. Returns the one in use."""
     global _requested_level
-    if name not in ("avx512-vnni", "portable"):
-        raise ValueError(f"unknown instruction set {name!r}")
-    _requested_level = int(name == "avx512-vnni")
+    if name not in INSTRUCTION_SETS:
+        raise ValueError(f"unknown instruction set {name!r}: one of {', '.join(INSTRUCTION_SETS)}")
+    _requested_level = INSTRUCTION_SETS.index(name)
     return instruction_set()
 
 
@@ -172,11 +174,13 @@ class _Conv:
         # the direct kernel (portable C), rows of output channels (kh, kw, C, O_pad); it sums (x - z_in) w itself
         self.w_wide = np.ascontiguousarray(padded.transpose(2, 3, 1, 0)).astype(np.int32)
         self.q_wide = requants.make(bias, fast32=False)
+        # int16 pairs of x - z_in (vpdpwssd for the first layer, vpmaddwd for AVX2): the offset is the bias
+        self.w_pairs = _blocks(padded, 2, np.int16)
         if wide_input:
-            # vpdpwssd on x - z_in as int16 pairs; whether |acc| <= 2^30 depends on the batch
-            self.w_pairs = _blocks(padded, 2, np.int16)
+            # whether |acc| <= 2^30 depends on the batch
             self.q_pairs = {fast: requants.make(bias, fast) for fast in (False, True)}
         else:
+            self.q_pairs8 = requants.make(bias, fast32=int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30)
             # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w, and |acc| <= 255 sum|w| + |b|
             self.w_vnni = _blocks(padded, 4, np.int8)
             offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
@@ -207,8 +211,9 @@ class _Conv:
         else:
             if not self.vnni_exact:
                 return None
-            rc = lib.intrs_conv_s8(_pointer(x), ctypes.byref(shape), _pointer(self.w_vnni), _pointer(self.w_wide),
-                                   ctypes.byref(self.q_vnni), ctypes.byref(self.q_wide), _pointer(y))
+            rc = lib.intrs_conv_s8(_pointer(x), ctypes.byref(shape), _pointer(self.w_vnni), ctypes.byref(self.q_vnni),
+                                   _pointer(self.w_pairs), ctypes.byref(self.q_pairs8), _pointer(self.w_wide),
+                                   ctypes.byref(self.q_wide), _pointer(y))
         return None if rc else y
 
 
