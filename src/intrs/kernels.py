@@ -188,6 +188,9 @@ class _Conv:
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
         self.requants = requants
+        # the weights' addresses, once: numpy's .ctypes costs microseconds per call
+        self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni")
+                        if hasattr(self, name)}
 
     def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
         n, h, w, c = x.shape
@@ -205,14 +208,15 @@ class _Conv:
                 return None  # int32 sums might wrap: the reference engine's int64 products decide
             pairs = deviation < 2 ** 15
             q_pairs = self.q_pairs[deviation * self.max_abs_column + self.max_abs_bias <= 2 ** 30]
-            rc = lib.intrs_conv_s32(_pointer(x), ctypes.byref(shape), _pointer(self.w_pairs) if pairs else None,
-                                    ctypes.byref(q_pairs), _pointer(self.w_wide), ctypes.byref(self.q_wide),
+            rc = lib.intrs_conv_s32(_pointer(x), ctypes.byref(shape), self.weights["w_pairs"] if pairs else None,
+                                    ctypes.byref(q_pairs), self.weights["w_wide"], ctypes.byref(self.q_wide),
                                     _pointer(y))
         else:
             if not self.vnni_exact:
                 return None
-            rc = lib.intrs_conv_s8(_pointer(x), ctypes.byref(shape), _pointer(self.w_vnni), ctypes.byref(self.q_vnni),
-                                   _pointer(self.w_pairs), ctypes.byref(self.q_pairs8), _pointer(self.w_wide),
+            w = self.weights
+            rc = lib.intrs_conv_s8(_pointer(x), ctypes.byref(shape), w["w_vnni"], ctypes.byref(self.q_vnni),
+                                   w["w_pairs"], ctypes.byref(self.q_pairs8), w["w_wide"],
                                    ctypes.byref(self.q_wide), _pointer(y))
         return None if rc else y
 
@@ -223,12 +227,13 @@ class _Add:
                                 layer.input1_multiplier, layer.input1_shift, layer.input2_multiplier,
                                 layer.input2_shift, layer.output_multiplier, layer.output_shift,
                                 layer.act_min, layer.act_max], dtype=np.int64)
+        self.params_address = _pointer(self.params)
 
     def __call__(self, lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
         if a.shape != b.shape:
             return None  # broadcasting adds take the reference path
         y = torch.empty(a.shape, dtype=torch.int8)
-        rc = lib.intrs_add(_pointer(a), _pointer(b), a.numel(), _pointer(self.params), _pointer(y))
+        rc = lib.intrs_add(_pointer(a), _pointer(b), a.numel(), self.params_address, _pointer(y))
         return None if rc else y
 
 
