@@ -146,7 +146,8 @@ def test_compiled_table_draws_equal_numpy_search_including_ties(monkeypatch, sig
     table = DiscreteGaussianNoise(sigma).table
     rng = np.random.default_rng(0)
     words = np.concatenate([table.high, table.high - np.uint64(1), table.high[:-1] + np.uint64(1),
-                            rng.integers(0, 2 ** 64, size=5000, dtype=np.uint64), [0, 2 ** 64 - 1]])
+                            rng.integers(0, 2 ** 64, size=5000, dtype=np.uint64),
+                            np.array([0, 2 ** 64 - 1], dtype=np.uint64)])
     lows = [int(v) for v in rng.integers(0, 2 ** 64, size=4 * len(words), dtype=np.uint64)]
     compiled = table.sample((len(words),), _CraftedWords(words, lows))
     monkeypatch.setenv(kernels.ENGINE_ENV, "reference")
