@@ -87,7 +87,7 @@ def random_model(seed: int, cin: int, width: int, size: int, pool: str, saturate
 # the fixture only fixes the instruction set, the same for every example
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 2 ** 32 - 1), st.sampled_from([1, 3, 5]), st.sampled_from([4, 16, 19, 32]),
-       st.sampled_from([5, 8, 15]), st.sampled_from(["global", "window", "max"]), st.booleans(),
+       st.sampled_from([5, 7, 8, 14, 15, 16]), st.sampled_from(["global", "window", "max"]), st.booleans(),
        st.sampled_from([1, 7, 40]))
 def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool, saturate, batch):
     model = random_model(seed, cin, width, size, pool, saturate)
@@ -97,6 +97,23 @@ def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool
     got = kernels.forward(model, engine.check_input(model, z))
     assert got is not None, "the kernels declined a model they cover"
     assert got.dtype == torch.int8 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_resnet20_through_the_kernels_equals_the_reference(isa, shape):
+    """The real network's shapes: every specialized tile (16, 14, 8, 7 pixels; strides 1 and 2)."""
+    from intrs.models import ModelConfig, build_model
+    from intrs.quant import prepare
+
+    torch.manual_seed(0)
+    channels = shape[0]
+    model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
+    quantizer = prepare(model, shape)
+    with torch.no_grad():
+        quantizer(torch.randint(0, 256, (16, *shape)).float())
+    integer = quantizer.to_integer_model()
+    z = torch.randint(-300, 560, (6, *shape), dtype=torch.int32)
+    assert torch.equal(kernels.forward(integer, engine.check_input(integer, z)), engine.reference_forward(integer, z))
 
 
 def test_engine_forward_uses_the_kernels_and_agrees(isa):

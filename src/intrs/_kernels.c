@@ -35,7 +35,10 @@
 #define ERR_OVERFLOW 1
 #define ERR_MEMORY 2
 #define ADD_LEFT_SHIFT 20
-#define MAX_TILE 14 /* output pixels per register tile: 14 accumulators + weights < 32 zmm */
+/* Output pixels per register tile: with two blocks of 16 channels 2 x 14 accumulators + 2 weight vectors
+ * + a broadcast fill the 32 zmm registers; with one block up to 16. */
+#define MAX_TILE 16
+#define MAX_TILE_TWO_BLOCKS 14
 
 int intrs_kernels_abi(void) { return 1; }
 
@@ -262,17 +265,18 @@ INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const la
  * vpdpwssd on 2 int16 channels (the first layer's noisy input).
  * u: the padded image (hp x wp pixels of ``pixel`` bytes); w: block o/16's packed weights
  * [kh*kw*pixel/4][16][4 bytes], the next block's ``block`` bytes further. */
-INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, const uint8_t *u, int wp, int pixel, const conv_shape_t *s,
-                              int oy, int ox0, const int8_t *w, int64_t block, const requant_t *q, int o,
-                              int8_t *yrow, __mmask8 *bad) {
+INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, const uint8_t *u, int wp, int pixel,
+                              const conv_shape_t *s, int oy, int ox0, const int8_t *w, int64_t block,
+                              const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
     __m512i acc[2][MAX_TILE];
     for (int k = 0; k < NB; k++)
         for (int t = 0; t < T; t++) acc[k][t] = _mm512_setzero_si512();
-    const int step = s->sw * pixel;
+    /* PIXEL and STEP, when the caller fixes them, make every input address base + a constant */
+    const int px = PIXEL ? PIXEL : pixel, step = STEP ? STEP : s->sw * pixel;
     for (int ky = 0; ky < s->kh; ky++)
         for (int kx = 0; kx < s->kw; kx++) {
-            const uint8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * pixel;
-            for (int c = 0; c < pixel; c += 4, w += 64) {
+            const uint8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * px;
+            for (int c = 0; c < px; c += 4, w += 64) {
                 __m512i w0 = _mm512_loadu_si512(w), w1 = NB > 1 ? _mm512_loadu_si512(w + block) : w0;
                 for (int t = 0; t < T; t++) {
                     int32_t quad;
@@ -301,18 +305,44 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, const uint8_t *u, int wp,
 
 #define TILE_CASE(T)                                                                              \
     case T:                                                                                       \
-        if (WIDE) tile(1, 1, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);             \
-        else if (NB == 2) tile(0, 2, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);     \
-        else tile(0, 1, T, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);                  \
+        if (WIDE) tile(1, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);       \
+        else if (NB == 2) tile(0, 2, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad); \
+        else tile(0, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);            \
         break;
+
+/* The common int8 shapes (16, 32 or 64 channels, stride 1 or 2, full tiles of 14 or 7 pixels) with
+ * their strides known to the compiler. */
+#define TILE_FIXED_T(P, ST, T_)                                                                       \
+    case T_:                                                                                          \
+        if (NB == 2) tile(0, 2, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);      \
+        else tile(0, 1, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);              \
+        return;
+#define TILE_FIXED(P, ST)                                                                             \
+    if (pixel == P && s->sw * pixel == ST) {                                                          \
+        if (T == 16) { tile(0, 1, 16, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad); return; } \
+        switch (T) { TILE_FIXED_T(P, ST, 14) TILE_FIXED_T(P, ST, 8) TILE_FIXED_T(P, ST, 7) }          \
+    }
 
 INTRS_AVX512 static void tile_dispatch(int WIDE, int NB, int T, const uint8_t *u, int wp, int pixel,
                                        const conv_shape_t *s, int oy, int ox0, const int8_t *w, int64_t block,
                                        const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
+    if (!WIDE && (T == 16 || T == 14 || T == 8 || T == 7)) {
+        TILE_FIXED(16, 16) TILE_FIXED(32, 32) TILE_FIXED(64, 64) TILE_FIXED(16, 32) TILE_FIXED(32, 64)
+    }
     switch (T) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7)
         TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
+        TILE_CASE(15) TILE_CASE(16)
     }
+}
+
+/* Pixels per tile for a row of ow outputs: a width that divides the row and has a specialized tile. */
+static int tile_width(int ow, int NB) {
+    if (NB == 1 && ow % 16 == 0) return 16;
+    if (ow % 14 == 0) return 14;
+    if (ow % 8 == 0) return 8;
+    if (ow % 7 == 0) return 7;
+    return NB == 1 ? MAX_TILE : MAX_TILE_TWO_BLOCKS;
 }
 
 /* int8 NHWC convolution through vpdpbusd. w: [cout_pad/16][kh*kw][cin4/4][16][4] int8. */
@@ -349,8 +379,9 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
             for (int o = 0; o < s->cout; o += 32) {
                 const int8_t *wb = w + (o / 16) * block;
                 int NB = s->cout - o > 16 ? 2 : 1;
-                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE) {
-                    int T = s->ow - ox0 < MAX_TILE ? s->ow - ox0 : MAX_TILE;
+                int width = tile_width(s->ow, NB);
+                for (int ox0 = 0; ox0 < s->ow; ox0 += width) {
+                    int T = s->ow - ox0 < width ? s->ow - ox0 : width;
                     tile_dispatch(0, NB, T, u, wp, cin4, s, oy, ox0, wb, block, q, o, yrow, &bad);
                 }
             }
@@ -382,8 +413,8 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
             int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
             for (int o = 0; o < s->cout; o += 16) {
                 const int8_t *wb = (const int8_t *)w + (o / 16) * block;
-                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE) {
-                    int T = s->ow - ox0 < MAX_TILE ? s->ow - ox0 : MAX_TILE;
+                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE_TWO_BLOCKS) {
+                    int T = s->ow - ox0 < MAX_TILE_TWO_BLOCKS ? s->ow - ox0 : MAX_TILE_TWO_BLOCKS;
                     tile_dispatch(1, 1, T, (const uint8_t *)u, wp, pixel, s, oy, ox0, wb, block, q, o, yrow, &bad);
                 }
             }
