@@ -184,3 +184,29 @@ def test_prepared_plans_leave_with_their_model():
     del model
     gc.collect()
     assert key not in kernels._plans
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed):
+    rng = np.random.default_rng(seed)
+    first, second = _conv(rng, "a", ["x"], 1, 1, 1, 1, 0), _conv(rng, "b", ["x"], 1, 1, 1, 1, 0)
+    layer = _add(rng, "add", first, second)
+    layer.input1_shift, layer.output_shift = int(rng.integers(-3, 1)), int(rng.integers(-24, -15))
+    grid = torch.arange(-128, 128, dtype=torch.int8)
+    a, b = grid.repeat_interleave(256).reshape(1, 256, 256, 1), grid.repeat(256).reshape(1, 256, 256, 1)
+    want = engine.add(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), layer).permute(0, 2, 3, 1)
+    assert torch.equal(kernels._Add(layer)(kernels.library(), a.contiguous(), b.contiguous()), want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_add_input_rescaling_equals_the_reference(isa, seed):
+    """The ADD's first step, which its output rescaling mostly hides, on every int8 value."""
+    rng = np.random.default_rng(seed)
+    x = torch.arange(-128, 128, dtype=torch.int8)
+    for m, shift in [(1 << 30, 0), (2 ** 31 - 1, -31), (2 ** 31 - 1, 0), (1 << 30, -1)] + \
+            [(int(rng.integers(1 << 30, 1 << 31)), int(rng.integers(-31, 1))) for _ in range(20)]:
+        zero = int(rng.integers(-128, 128))
+        out = torch.empty(256, dtype=torch.int32)
+        assert kernels.library().intrs_add_rescale(x.data_ptr(), 256, zero, m, shift, out.data_ptr()) == 0
+        want = engine.requantize((x.to(torch.int64) - zero) << engine.ADD_LEFT_SHIFT, m, shift)
+        assert torch.equal(out.to(torch.int64), want), (m, shift, zero)

@@ -424,6 +424,20 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
     return bad ? ERR_OVERFLOW : 0;
 }
 
+/* An ADD input's rescaling, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, shift <= 0), without 64-bit
+ * products: with d = x - z (|d| <= 255) and M0 = Mh 2^11 + Ml (Ml < 2^11),
+ *   floor((d 2^20 M0 + 2^30) / 2^31) = floor((d M0 + 2^10) / 2^11) = d Mh + floor((d Ml + 2^10) / 2^11),
+ * every term within int32; then the rounding division as in requant16. */
+INTRS_AVX512 INLINE __m512i add_input16(__m512i d, const lanes_t *c) {
+    __m512i high = _mm512_mullo_epi32(d, _mm512_srli_epi32(c->mult, 11));
+    __m512i low = _mm512_mullo_epi32(d, _mm512_and_si512(c->mult, _mm512_set1_epi32(2047)));
+    __m512i p = _mm512_add_epi32(high, _mm512_srai_epi32(_mm512_add_epi32(low, _mm512_set1_epi32(1 << 10)), 11));
+    __mmask16 negative = _mm512_mask_cmplt_epi32_mask(c->rounds, p, _mm512_setzero_si512());
+    p = _mm512_add_epi32(p, c->half);
+    p = _mm512_mask_sub_epi32(p, negative, p, _mm512_set1_epi32(1));
+    return _mm512_srav_epi32(p, c->right);
+}
+
 /* TFLite validates ADD's shifts <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs
  * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). */
 INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
@@ -440,9 +454,8 @@ INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t cou
     for (; i + 16 <= count; i += 16) {
         __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
         __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
-        xa = _mm512_slli_epi32(_mm512_sub_epi32(xa, z1), ADD_LEFT_SHIFT);
-        xb = _mm512_slli_epi32(_mm512_sub_epi32(xb, z2), ADD_LEFT_SHIFT);
-        __m512i sum = _mm512_add_epi32(requant16(xa, &c1), requant16(xb, &c2));
+        __m512i sum = _mm512_add_epi32(add_input16(_mm512_sub_epi32(xa, z1), &c1),
+                                       add_input16(_mm512_sub_epi32(xb, z2), &c2));
         _mm_storeu_si128((__m128i *)(y + i), finish16_32(requant16(sum, &co), &co));
     }
     return add_portable(a + i, b + i, count - i, p, y + i);
@@ -647,6 +660,37 @@ int intrs_add(const int8_t *a, const int8_t *b, int64_t count, const int64_t *pa
     if (isa() == ISA_AVX2) return add_avx2(a, b, count, params, y);
 #endif
     return add_portable(a, b, count, params, y);
+}
+
+#if INTRS_X86
+/* The vector part of intrs_add_rescale: returns how many it did (a multiple of 16). */
+INTRS_AVX512 static int64_t add_rescale_avx512(const int8_t *x, int64_t count, int64_t z, int64_t mult,
+                                               int64_t right, int32_t *out) {
+    lanes_t c = lanes_of(_mm512_setzero_si512(), _mm512_set1_epi32((int32_t)mult), _mm512_set1_epi32((int32_t)right),
+                         _mm512_set1_epi32((int32_t)(((int64_t)1 << right) >> 1)), 0, 0, 0);
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i d = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i))),
+                                     _mm512_set1_epi32((int32_t)z));
+        _mm512_storeu_si512(out + i, add_input16(d, &c));
+    }
+    return i;
+}
+#endif
+
+/* One ADD input's rescaling alone, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, shift <= 0), as the
+ * instruction set in use computes it: the intermediate that the ADD's output rescaling mostly hides,
+ * exposed for the tests. */
+int intrs_add_rescale(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out) {
+    int err = 0;
+    int64_t i = 0, right = shift < 0 ? -shift : 0;
+#if INTRS_X86
+    if (isa() == ISA_VNNI && shift <= 0) i = add_rescale_avx512(x, count, z, mult, right, out);
+#endif
+    for (; i < count; i++)
+        out[i] = (int32_t)requant_scalar(((int64_t)x[i] - z) * (1 << ADD_LEFT_SHIFT), mult, shift > 0 ? shift : 0,
+                                         right, right ? ((int64_t)1 << right) >> 1 : 0, &err);
+    return err;
 }
 
 /* AVERAGE_POOL_2D (average != 0) or MAX_POOL_2D on NHWC int8, over the real points of each window. */

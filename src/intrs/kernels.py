@@ -69,6 +69,7 @@ def library() -> ctypes.CDLL | None:
         lib.intrs_set_isa.argtypes = [integer]
         lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer]
         lib.intrs_table_draw.restype = int64
+        lib.intrs_add_rescale.argtypes = [pointer, int64, int64, int64, int64, pointer]
         return lib
     return None
 
