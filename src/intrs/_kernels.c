@@ -60,8 +60,6 @@ static int cpu_supports(int level) {
     return level == ISA_PORTABLE;
 }
 
-int intrs_have_vnni(void) { return cpu_supports(ISA_VNNI); }
-
 /* Asks for an instruction set (2 AVX-512 VNNI, 1 AVX2, 0 portable C); granted the best one at or below it
  * that this CPU has. Returns the one in use. */
 int intrs_set_isa(int level) {

@@ -101,14 +101,20 @@ INTRS_AVX2 = "IntRS (intrs compiled kernels, AVX2 only)"
 INTRS_REFERENCE = "IntRS (intrs reference engine)"
 
 
-def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
+def calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
+    """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what speed and
+    kernel-exactness checks need (neither depends on what was learned)."""
     torch.manual_seed(seed)
     channels = shape[0]
     model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
     quantizer = prepare(model, shape)
     with torch.no_grad():
         quantizer(torch.randint(0, 256, (64, *shape)).float())
-    integer = quantizer.to_integer_model()
+    return model, quantizer.to_integer_model()
+
+
+def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
+    model, integer = calibrated_resnet20(shape, seed)
     contenders = {"FloatRS-fp (PyTorch float32)": (TorchClassifier(model), GaussianNoise(0.25))}
     if kernels.available():
         contenders[INTRS_COMPILED] = (IntegerClassifier(integer), DiscreteGaussianNoise(0.25))

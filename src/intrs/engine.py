@@ -246,12 +246,16 @@ def forward(model: IntegerModel, z, trace: list | None = None) -> torch.Tensor:
         logits = kernels.forward(model, z)
         if logits is not None:
             return logits
-    return reference_forward(model, z, trace)
+    return _forward_checked(model, z, trace)
 
 
 def reference_forward(model: IntegerModel, z, trace: list | None = None) -> torch.Tensor:
     """The forward pass through this module's ops: the definition the compiled kernels are held to."""
-    values = {model.input_name: check_input(model, z)}
+    return _forward_checked(model, check_input(model, z), trace)
+
+
+def _forward_checked(model: IntegerModel, z: torch.Tensor, trace: list | None) -> torch.Tensor:
+    values = {model.input_name: z}
     for layer in model.layers:
         inputs = [values[name] for name in layer.inputs]
         if isinstance(layer, ConvLayer):

@@ -1,7 +1,7 @@
 """The compiled fast path of the integer engine (``_kernels.c``, built by the package's own build).
 
 It computes exactly the integers of the reference engine (``intrs.engine``; the
-tests hold the two equal on random models and inputs, on both instruction sets),
+tests hold the two equal on random models and inputs, on every instruction set),
 on NHWC int8 arrays: AVX-512 VNNI where the CPU has it, else AVX2, else portable C.
 The reference engine stays the definition and the fallback, chosen
 automatically: where no compiler built the library, for layers the kernels do
@@ -30,7 +30,6 @@ from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off
 _ABI = 1
-_OVERFLOW = 1
 _INT32_LIMIT = 2 ** 31 - 1
 # Images per piece of work, split evenly over the threads. Smaller pieces keep activations in cache but
 # pay the per-layer Python call more often; on ResNet-20 28x28 (2 threads, batches 400 and 1000) 128 beat
@@ -116,6 +115,10 @@ def _pointer(array) -> int:
     return array.data_ptr() if isinstance(array, torch.Tensor) else array.ctypes.data
 
 
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def _blocks(weight: np.ndarray, group: int, dtype) -> np.ndarray:
     """(O_pad, C, kh, kw) weights as the VNNI kernels read them: [O_pad / 16][kh][kw][C_g / g][16 outputs][g],
     C padded with zeros to a multiple of the group g (4 int8 for vpdpbusd, 2 int16 for vpdpwssd)."""
@@ -156,7 +159,7 @@ class _Requants:
 
 
 class _Conv:
-    """A convolution's packed weights and requantization constants, for both instruction sets."""
+    """A convolution's packed weights and requantization constants, for every instruction set."""
 
     def __init__(self, layer: ConvLayer, wide_input: bool):
         weight = layer.weight.astype(np.int64)  # (O, C, kh, kw)
@@ -181,14 +184,16 @@ class _Conv:
             # whether |acc| <= 2^30 depends on the batch
             self.q_pairs = {fast: requants.make(bias, fast) for fast in (False, True)}
         else:
-            self.q_pairs8 = requants.make(bias, fast32=int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30)
-            # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w, and |acc| <= 255 sum|w| + |b|
+            # int8 inputs: |acc| <= 255 sum|w| + |b|, within 2^30 the epilogue runs in int32 lanes
+            fast32 = int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30
+            self.q_pairs8 = requants.make(bias, fast32)
+            # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w
             self.w_vnni = _blocks(padded, 4, np.int8)
             offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
-            self.q_vnni = requants.make(offset, fast32=int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30)
+            self.q_vnni = requants.make(offset, fast32)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
-        self.requants = requants
+        self.requants = requants  # owns the arrays the Requant structs point at
         # the weights' addresses, once: numpy's .ctypes costs microseconds per call
         self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni")
                         if hasattr(self, name)}
@@ -197,7 +202,7 @@ class _Conv:
         n, h, w, c = x.shape
         layer = self.layer
         (sh, sw), (ph, pw), (kh, kw) = layer.stride, layer.padding, self.kernel
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        oh, ow = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
         shape = ConvShape(n, h, w, c, self.cout, self.cout_pad, kh, kw, sh, sw, ph, pw, oh, ow,
                           layer.input_zero_point)
         y = torch.empty((n, oh, ow, self.cout), dtype=torch.int8)
@@ -249,7 +254,7 @@ class _Pool:
             (kh, kw), (sh, sw), (ph, pw) = (h, w), (1, 1), (0, 0)
         else:
             (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        oh, ow = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
         y = torch.empty((n, oh, ow, c), dtype=torch.int8)
         lib.intrs_pool(_pointer(x), n, h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, int(layer.op == "average_pool"),
                        layer.act_min, layer.act_max, _pointer(y))
