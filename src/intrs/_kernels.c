@@ -193,9 +193,9 @@ INTRS_AVX512 INLINE __m512i requant8(__m512i acc, __m512i mult, __m512i left, __
 }
 
 /* z_out + value, clamped, for 16 int64 values in two halves -> 16 int8. */
-INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q) {
-    const __m512i zp = _mm512_set1_epi64(q->zero_point);
-    const __m512i mn = _mm512_set1_epi64(q->act_min), mx = _mm512_set1_epi64(q->act_max);
+INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q, int lift) {
+    const __m512i zp = _mm512_set1_epi64(q->zero_point + lift);
+    const __m512i mn = _mm512_set1_epi64(q->act_min + lift), mx = _mm512_set1_epi64(q->act_max + lift);
     a = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(a, zp), mn), mx);
     b = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(b, zp), mn), mx);
     __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
@@ -218,10 +218,10 @@ INTRS_AVX512 INLINE lanes_t lanes_of(__m512i offset, __m512i mult, __m512i right
     return c;
 }
 
-INTRS_AVX512 INLINE lanes_t lanes_at(const requant_t *q, int o) {
+INTRS_AVX512 INLINE lanes_t lanes_at(const requant_t *q, int o, int lift) {
     return lanes_of(_mm512_loadu_si512(q->offset32 + o), _mm512_loadu_si512(q->mult32 + o),
-                    _mm512_loadu_si512(q->right32 + o), _mm512_loadu_si512(q->half32 + o), q->zero_point,
-                    q->act_min, q->act_max);
+                    _mm512_loadu_si512(q->right32 + o), _mm512_loadu_si512(q->half32 + o), q->zero_point + lift,
+                    q->act_min + lift, q->act_max + lift);
 }
 
 /* MultiplyByQuantizedMultiplier on 16 int32 lanes, for |acc| <= 2^30 (so every intermediate fits):
@@ -243,9 +243,10 @@ INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const lanes_t *c) {
     return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
 }
 
-/* 16 output channels starting at o of one output pixel: int32 dot products -> int8; c holds the
- * int32-lane constants when q->fast32. */
-INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, __mmask8 *bad) {
+/* 16 output channels starting at o of one output pixel: int32 dot products -> int8 (or, lift = 128, the u8
+ * y + 128 that the next VNNI layer reads); c holds the int32-lane constants when q->fast32. */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, int lift,
+                                       __mmask8 *bad) {
     if (q->fast32) return finish16_32(requant16(_mm512_add_epi32(dot, c->offset), c), c);
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
@@ -255,8 +256,16 @@ INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const la
         r[h] = requant8(acc, _mm512_loadu_si512(q->mult + k), _mm512_loadu_si512(q->left + k),
                         _mm512_loadu_si512(q->right + k), _mm512_loadu_si512(q->half + k), q->any_left, bad);
     }
-    return finish16(r[0], r[1], q);
+    return finish16(r[0], r[1], q, lift);
 }
+
+/* Where a convolution writes: pixel (oy, ox) at base + oy row + ox pixel bytes, as int8 (lift 0) or as
+ * y + 128 in u8 (lift 128: a network program's layout, which the next VNNI layer reads without a copy). */
+typedef struct {
+    int8_t *base;
+    int64_t row;
+    int pixel, lift;
+} out_t;
 
 /* One register tile: T output pixels of a row x NB blocks of 16 output channels; each broadcast of
  * 4 input bytes feeds NB instructions: vpdpbusd on 4 u8 channels (int8 layers, lifted by 128) or, WIDE,
@@ -265,7 +274,7 @@ INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const la
  * [kh*kw*pixel/4][16][4 bytes], the next block's ``block`` bytes further. */
 INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, const uint8_t *u, int wp, int pixel,
                               const conv_shape_t *s, int oy, int ox0, const int8_t *w, int64_t block,
-                              const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
+                              const requant_t *q, int o, const out_t *out, __mmask8 *bad) {
     __m512i acc[2][MAX_TILE];
     for (int k = 0; k < NB; k++)
         for (int t = 0; t < T; t++) acc[k][t] = _mm512_setzero_si512();
@@ -294,36 +303,37 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, cons
         int rest = s->cout - o - 16 * k;
         __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
         lanes_t c;
-        if (q->fast32) c = lanes_at(q, o + 16 * k);
+        if (q->fast32) c = lanes_at(q, o + 16 * k, out->lift);
+        int8_t *at = out->base + oy * out->row + (int64_t)ox0 * out->pixel + o + 16 * k;
         for (int t = 0; t < T; t++)
-            _mm_mask_storeu_epi8(yrow + (int64_t)(ox0 + t) * s->cout + o + 16 * k, keep,
-                                 epilogue16(acc[k][t], q, &c, o + 16 * k, bad));
+            _mm_mask_storeu_epi8(at + (int64_t)t * out->pixel, keep,
+                                 epilogue16(acc[k][t], q, &c, o + 16 * k, out->lift, bad));
     }
 }
 
 #define TILE_CASE(T)                                                                              \
     case T:                                                                                       \
-        if (WIDE) tile(1, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);       \
-        else if (NB == 2) tile(0, 2, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad); \
-        else tile(0, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);            \
+        if (WIDE) tile(1, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);       \
+        else if (NB == 2) tile(0, 2, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad); \
+        else tile(0, 1, T, 0, 0, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);            \
         break;
 
 /* The common int8 shapes (16, 32 or 64 channels, stride 1 or 2, full tiles of 14 or 7 pixels) with
  * their strides known to the compiler. */
 #define TILE_FIXED_T(P, ST, T_)                                                                       \
     case T_:                                                                                          \
-        if (NB == 2) tile(0, 2, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);      \
-        else tile(0, 1, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad);              \
+        if (NB == 2) tile(0, 2, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);      \
+        else tile(0, 1, T_, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);              \
         return;
 #define TILE_FIXED(P, ST)                                                                             \
     if (pixel == P && s->sw * pixel == ST) {                                                          \
-        if (T == 16) { tile(0, 1, 16, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, yrow, bad); return; } \
+        if (T == 16) { tile(0, 1, 16, P, ST, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad); return; } \
         switch (T) { TILE_FIXED_T(P, ST, 14) TILE_FIXED_T(P, ST, 8) TILE_FIXED_T(P, ST, 7) }          \
     }
 
 INTRS_AVX512 static void tile_dispatch(int WIDE, int NB, int T, const uint8_t *u, int wp, int pixel,
                                        const conv_shape_t *s, int oy, int ox0, const int8_t *w, int64_t block,
-                                       const requant_t *q, int o, int8_t *yrow, __mmask8 *bad) {
+                                       const requant_t *q, int o, const out_t *out, __mmask8 *bad) {
     if (!WIDE && (T == 16 || T == 14 || T == 8 || T == 7)) {
         TILE_FIXED(16, 16) TILE_FIXED(32, 32) TILE_FIXED(64, 64) TILE_FIXED(16, 32) TILE_FIXED(32, 64)
     }
@@ -343,19 +353,35 @@ static int tile_width(int ow, int NB) {
     return NB == 1 ? MAX_TILE : MAX_TILE_TWO_BLOCKS;
 }
 
-/* int8 NHWC convolution through vpdpbusd. w: [cout_pad/16][kh*kw][cin4/4][16][4] int8. */
+/* One image's int8 convolution through vpdpbusd: u is its input lifted to u8 (x + 128) and framed by the
+ * lifted zero point (the convolution's padding included), rows of wp pixels of `pixel` (cin rounded up to
+ * 4) bytes; the channels beyond cin meet zero weights. w: [cout_pad/16][kh*kw][pixel/4][16][4] int8. */
+INTRS_AVX512 static void conv_image_s8_vnni(const uint8_t *u, int wp, int pixel, const conv_shape_t *s,
+                                            const int8_t *w, const requant_t *q, const out_t *out, __mmask8 *bad) {
+    const int64_t block = (int64_t)s->kh * s->kw * pixel * 16;
+    for (int oy = 0; oy < s->oh; oy++)
+        for (int o = 0; o < s->cout; o += 32) {
+            const int8_t *wb = w + (o / 16) * block;
+            int NB = s->cout - o > 16 ? 2 : 1;
+            int width = tile_width(s->ow, NB);
+            for (int ox0 = 0; ox0 < s->ow; ox0 += width) {
+                int T = s->ow - ox0 < width ? s->ow - ox0 : width;
+                tile_dispatch(0, NB, T, u, wp, pixel, s, oy, ox0, wb, block, q, o, out, bad);
+            }
+        }
+}
+
+/* int8 NHWC convolution of s->n images through vpdpbusd, image b written to out shifted by b image_bytes. */
 INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q,
-                                     int8_t *y) {
+                                     out_t out, int64_t image_bytes) {
     const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
-    const int64_t block = (int64_t)s->kh * s->kw * cin4 * 16;
     uint8_t *u = (uint8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
     if (!u) return ERR_MEMORY;
     const uint8_t pad = (uint8_t)(s->input_zero_point + 128);
     const __m512i lift = _mm512_set1_epi8((char)0x80);
     __mmask8 bad = 0;
+    int8_t *first = out.base;
     for (int b = 0; b < s->n; b++) {
-        /* the image lifted to u8 (x + 128), framed by the lifted zero point; the extra channels
-         * up to cin4 meet zero weights */
         memset(u, pad, (size_t)hp * wp * cin4);
         const int8_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
         for (int iy = 0; iy < s->h; iy++) {
@@ -372,18 +398,8 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
                     for (int c = 0; c < s->cin; c++) dst[ix * cin4 + c] = (uint8_t)(src[ix * s->cin + c] ^ 0x80);
             }
         }
-        for (int oy = 0; oy < s->oh; oy++) {
-            int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
-            for (int o = 0; o < s->cout; o += 32) {
-                const int8_t *wb = w + (o / 16) * block;
-                int NB = s->cout - o > 16 ? 2 : 1;
-                int width = tile_width(s->ow, NB);
-                for (int ox0 = 0; ox0 < s->ow; ox0 += width) {
-                    int T = s->ow - ox0 < width ? s->ow - ox0 : width;
-                    tile_dispatch(0, NB, T, u, wp, cin4, s, oy, ox0, wb, block, q, o, yrow, &bad);
-                }
-            }
-        }
+        out.base = first + b * image_bytes;
+        conv_image_s8_vnni(u, wp, cin4, s, w, q, &out, &bad);
     }
     free(u);
     return bad ? ERR_OVERFLOW : 0;
@@ -391,32 +407,45 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
 
 /* The first layer: int32 inputs with |x - z_in| < 2^15 as int16 pairs through vpdpwssd (the caller checks
  * that range, and |x - z_in| sum|w| < 2^31 so the int32 sums are exact). The padded image holds x - z_in
- * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. */
+ * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. Image b is written to out shifted by b
+ * image_bytes. */
 INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, const int16_t *w, const requant_t *q,
-                                      int8_t *y) {
+                                      out_t out, int64_t image_bytes) {
     const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw, pixel = 2 * cin2;
     const int64_t block = (int64_t)s->kh * s->kw * pixel * 16;
     int16_t *u = (int16_t *)aligned_alloc(64, ((size_t)hp * wp * pixel + 63) & ~(size_t)63);
     if (!u) return ERR_MEMORY;
     __mmask8 bad = 0;
+    int8_t *first = out.base;
+    const __m512i zero_point = _mm512_set1_epi32((int32_t)s->input_zero_point);
     for (int b = 0; b < s->n; b++) {
         memset(u, 0, (size_t)hp * wp * pixel);
         const int32_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
-        for (int iy = 0; iy < s->h; iy++)
-            for (int ix = 0; ix < s->w; ix++)
-                for (int c = 0; c < s->cin; c++)
-                    u[((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin2 + c] =
-                        (int16_t)(xb[((int64_t)iy * s->w + ix) * s->cin + c] - s->input_zero_point);
-        for (int oy = 0; oy < s->oh; oy++) {
-            int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
+        for (int iy = 0; iy < s->h; iy++) {
+            int16_t *dst = u + ((int64_t)(iy + s->ph) * wp + s->pw) * cin2;
+            const int32_t *src = xb + (int64_t)iy * s->w * s->cin;
+            if (s->cin == cin2) { /* contiguous on both sides: 16 values per step */
+                int64_t len = (int64_t)s->w * cin2, i = 0;
+                for (; i < len; i += 16) {
+                    __mmask16 m = len - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - i)) - 1);
+                    __m512i v = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, src + i), zero_point);
+                    _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(v));
+                }
+            } else {
+                for (int ix = 0; ix < s->w; ix++)
+                    for (int c = 0; c < s->cin; c++)
+                        dst[ix * cin2 + c] = (int16_t)(src[ix * s->cin + c] - s->input_zero_point);
+            }
+        }
+        out.base = first + b * image_bytes;
+        for (int oy = 0; oy < s->oh; oy++)
             for (int o = 0; o < s->cout; o += 16) {
                 const int8_t *wb = (const int8_t *)w + (o / 16) * block;
                 for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE_TWO_BLOCKS) {
                     int T = s->ow - ox0 < MAX_TILE_TWO_BLOCKS ? s->ow - ox0 : MAX_TILE_TWO_BLOCKS;
-                    tile_dispatch(1, 1, T, (const uint8_t *)u, wp, pixel, s, oy, ox0, wb, block, q, o, yrow, &bad);
+                    tile_dispatch(1, 1, T, (const uint8_t *)u, wp, pixel, s, oy, ox0, wb, block, q, o, &out, &bad);
                 }
             }
-        }
     }
     free(u);
     return bad ? ERR_OVERFLOW : 0;
@@ -627,13 +656,21 @@ INTRS_AVX2 static int add_avx2(const int8_t *a, const int8_t *b, int64_t count, 
 
 /* ------------------------------------------------------------------ entry points */
 
+#if INTRS_X86
+/* The int8 NHWC output of a layer called on its own. */
+static out_t plain_out(int8_t *y, const conv_shape_t *s) {
+    out_t out = {y, (int64_t)s->ow * s->cout, s->cout, 0};
+    return out;
+}
+#endif
+
 /* x: int8 NHWC. Each instruction set has its weights: vpdpbusd blocks (VNNI), int16 pairs (AVX2), rows
  * of output channels (portable); q_* the matching requantization constants. */
 int intrs_conv_s8(const int8_t *x, const conv_shape_t *s, const int8_t *w_vnni, const requant_t *q_vnni,
                   const int16_t *w_pairs, const requant_t *q_pairs, const int32_t *w_wide, const requant_t *q_wide,
                   int8_t *y) {
 #if INTRS_X86
-    if (isa() == ISA_VNNI) return conv_s8_vnni(x, s, w_vnni, q_vnni, y);
+    if (isa() == ISA_VNNI) return conv_s8_vnni(x, s, w_vnni, q_vnni, plain_out(y, s), plain_out(y, s).row * s->oh);
     if (isa() == ISA_AVX2) return conv_pairs_avx2(x, 1, s, w_pairs, q_pairs, y);
 #endif
     (void)w_vnni, (void)q_vnni, (void)w_pairs, (void)q_pairs;
@@ -645,7 +682,8 @@ int intrs_conv_s8(const int8_t *x, const conv_shape_t *s, const int8_t *w_vnni, 
 int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int16_t *w_pairs, const requant_t *q_pairs,
                    const int32_t *w_wide, const requant_t *q_wide, int8_t *y) {
 #if INTRS_X86
-    if (isa() == ISA_VNNI && w_pairs) return conv_s16_vnni(x, s, w_pairs, q_pairs, y);
+    if (isa() == ISA_VNNI && w_pairs)
+        return conv_s16_vnni(x, s, w_pairs, q_pairs, plain_out(y, s), plain_out(y, s).row * s->oh);
     if (isa() == ISA_AVX2 && w_pairs) return conv_pairs_avx2(x, 0, s, w_pairs, q_pairs, y);
 #endif
     (void)w_pairs, (void)q_pairs;
@@ -746,4 +784,75 @@ int64_t intrs_table_draw(const uint64_t *high, int64_t size, const int32_t *guid
         ties += equal;
     }
     return ties;
+}
+
+/* ------------------------------------------------------------------ whole networks */
+
+/* One layer of a network program: what it reads and writes are slots, buffers of one image each. */
+#define OP_CONV_S8 0  /* int8 input */
+#define OP_CONV_S32 1 /* the network's int32 input (the first layer) */
+#define OP_ADD 2
+#define OP_POOL 3
+#define OP_FLATTEN 4 /* NHWC -> NCHW order of one image (the reference flattens NCHW) */
+
+typedef struct {
+    int kind, in0, in1, out;
+    conv_shape_t shape; /* convolutions, with n = 1 */
+    const int8_t *w_vnni;
+    const requant_t *q_vnni;
+    const int16_t *w_pairs; /* OP_CONV_S32: null where the input is too wide for int16 pairs */
+    const requant_t *q_pairs;
+    const int32_t *w_wide;
+    const requant_t *q_wide;
+    const int64_t *add_params;
+    int64_t count; /* ADD: values per image */
+    int pool[14];  /* h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, average, act_min, act_max; FLATTEN: h, w, c */
+} op_t;
+
+static int run_op(const op_t *op, void *const *slot) {
+    const int *p = op->pool;
+    switch (op->kind) {
+        case OP_CONV_S8:
+            return intrs_conv_s8((const int8_t *)slot[op->in0], &op->shape, op->w_vnni, op->q_vnni, op->w_pairs,
+                                 op->q_pairs, op->w_wide, op->q_wide, (int8_t *)slot[op->out]);
+        case OP_CONV_S32:
+            return intrs_conv_s32((const int32_t *)slot[op->in0], &op->shape, op->w_pairs, op->q_pairs, op->w_wide,
+                                  op->q_wide, (int8_t *)slot[op->out]);
+        case OP_ADD:
+            return intrs_add((const int8_t *)slot[op->in0], (const int8_t *)slot[op->in1], op->count, op->add_params,
+                             (int8_t *)slot[op->out]);
+        case OP_POOL:
+            return intrs_pool((const int8_t *)slot[op->in0], 1, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+                              p[9], p[10], p[11], p[12], p[13], (int8_t *)slot[op->out]);
+        case OP_FLATTEN: {
+            const int8_t *x = (const int8_t *)slot[op->in0];
+            int8_t *y = (int8_t *)slot[op->out];
+            for (int c = 0; c < p[2]; c++)
+                for (int i = 0; i < p[0] * p[1]; i++) y[c * p[0] * p[1] + i] = x[i * p[2] + c];
+            return 0;
+        }
+    }
+    return ERR_MEMORY;
+}
+
+/* Runs a network program on n images, one image through every layer before the next, so that its
+ * activations stay in the core's caches: x holds n int32 images of image_values each (slot 0), y gets
+ * output_bytes of slot `output` per image. slot_bytes[k] is the size of slot k (k >= 1). */
+int intrs_run(const op_t *ops, int count, const int64_t *slot_bytes, int slots, const int32_t *x, int n,
+              int64_t image_values, int output, int64_t output_bytes, int8_t *y) {
+    void *slot[64];
+    if (slots > 64 || output < 1 || output >= slots) return ERR_MEMORY;
+    int64_t total = 0;
+    for (int k = 1; k < slots; k++) total += (slot_bytes[k] + 63) & ~(int64_t)63;
+    char *arena = (char *)aligned_alloc(64, (size_t)(total > 0 ? total : 64));
+    if (!arena) return ERR_MEMORY;
+    for (int64_t k = 1, at = 0; k < slots; at += (slot_bytes[k] + 63) & ~(int64_t)63, k++) slot[k] = arena + at;
+    int err = 0;
+    for (int b = 0; b < n && !err; b++) {
+        slot[0] = (void *)(x + (int64_t)b * image_values);
+        for (int i = 0; i < count && !err; i++) err = run_op(ops + i, slot);
+        if (!err) memcpy(y + (int64_t)b * output_bytes, slot[output], (size_t)output_bytes);
+    }
+    free(arena);
+    return err;
 }

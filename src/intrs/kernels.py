@@ -50,6 +50,17 @@ class Requant(ctypes.Structure):
                [(name, ctypes.c_void_p) for name in ("offset32", "mult32", "right32", "half32")]
 
 
+# a layer of a network program (``op_t`` in _kernels.c); its kinds:
+OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
+
+
+class Op(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + [("shape", ConvShape)] + \
+               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "w_pairs", "q_pairs", "w_wide", "q_wide",
+                                                     "add_params")] + \
+               [("count", ctypes.c_int64), ("pool", ctypes.c_int * 14)]
+
+
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None where the build found no compiler (or the ABI differs)."""
@@ -65,6 +76,7 @@ def library() -> ctypes.CDLL | None:
         lib.intrs_conv_s32.argtypes = [pointer] * 7
         lib.intrs_add.argtypes = [pointer, pointer, int64, pointer, pointer]
         lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
+        lib.intrs_run.argtypes = [pointer, integer, pointer, integer, pointer, integer, int64, integer, int64, pointer]
         lib.intrs_set_isa.argtypes = [integer]
         lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer]
         lib.intrs_table_draw.restype = int64
@@ -198,33 +210,41 @@ class _Conv:
         self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni")
                         if hasattr(self, name)}
 
-    def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
-        n, h, w, c = x.shape
+    def choice(self, low: int, high: int) -> str:
+        """How the first layer runs a batch whose input values lie in [low, high]: 'wrap' (its int32 sums
+        might wrap: the reference engine's int64 products decide), 'pairs32' or 'pairs64' (int16 pairs,
+        the int32 or int64 epilogue) or 'wide' (the direct kernel)."""
+        zero = self.layer.input_zero_point
+        deviation = max(abs(high - zero), abs(low - zero))
+        if deviation * self.max_abs_column > _INT32_LIMIT:
+            return "wrap"
+        if deviation >= 2 ** 15:
+            return "wide"
+        return "pairs32" if deviation * self.max_abs_column + self.max_abs_bias <= 2 ** 30 else "pairs64"
+
+    def op(self, shape: tuple[int, int, int], choice: str | None = None) -> tuple[Op, tuple[int, int, int]] | None:
+        """This layer on one (h, w, c) image, and its output shape; None where the reference must decide.
+        A layer reading the network's input runs as ``choice`` says."""
+        h, w, c = shape
         layer = self.layer
         (sh, sw), (ph, pw), (kh, kw) = layer.stride, layer.padding, self.kernel
         oh, ow = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
-        shape = ConvShape(n, h, w, c, self.cout, self.cout_pad, kh, kw, sh, sw, ph, pw, oh, ow,
-                          layer.input_zero_point)
-        y = torch.empty((n, oh, ow, self.cout), dtype=torch.int8)
+        op = Op(shape=ConvShape(1, h, w, c, self.cout, self.cout_pad, kh, kw, sh, sw, ph, pw, oh, ow,
+                                layer.input_zero_point), w_wide=self.weights["w_wide"],
+                q_wide=ctypes.addressof(self.q_wide))
         if self.wide_input:
-            values = x.numpy()  # numpy's single-threaded reductions: torch's took milliseconds under load
-            deviation = max(abs(int(values.max()) - layer.input_zero_point),
-                            abs(int(values.min()) - layer.input_zero_point)) if x.numel() else 0
-            if deviation * self.max_abs_column > _INT32_LIMIT:
-                return None  # int32 sums might wrap: the reference engine's int64 products decide
-            pairs = deviation < 2 ** 15
-            q_pairs = self.q_pairs[deviation * self.max_abs_column + self.max_abs_bias <= 2 ** 30]
-            rc = lib.intrs_conv_s32(_pointer(x), ctypes.byref(shape), self.weights["w_pairs"] if pairs else None,
-                                    ctypes.byref(q_pairs), self.weights["w_wide"], ctypes.byref(self.q_wide),
-                                    _pointer(y))
+            if choice == "wrap":
+                return None
+            op.kind = OP_CONV_S32
+            if choice != "wide":
+                op.w_pairs = self.weights["w_pairs"]
+                op.q_pairs = ctypes.addressof(self.q_pairs[choice == "pairs32"])
         else:
             if not self.vnni_exact:
                 return None
-            w = self.weights
-            rc = lib.intrs_conv_s8(_pointer(x), ctypes.byref(shape), w["w_vnni"], ctypes.byref(self.q_vnni),
-                                   w["w_pairs"], ctypes.byref(self.q_pairs8), w["w_wide"],
-                                   ctypes.byref(self.q_wide), _pointer(y))
-        return None if rc else y
+            op.kind, op.w_vnni, op.q_vnni = OP_CONV_S8, self.weights["w_vnni"], ctypes.addressof(self.q_vnni)
+            op.w_pairs, op.q_pairs = self.weights["w_pairs"], ctypes.addressof(self.q_pairs8)
+        return op, (oh, ow, self.cout)
 
 
 class _Add:
@@ -235,38 +255,55 @@ class _Add:
                                 layer.act_min, layer.act_max], dtype=np.int64)
         self.params_address = _pointer(self.params)
 
-    def __call__(self, lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-        if a.shape != b.shape:
+    def op(self, first: tuple[int, int, int], second: tuple[int, int, int]) -> tuple[Op, tuple[int, int, int]] | None:
+        if first != second:
             return None  # broadcasting adds take the reference path
-        y = torch.empty(a.shape, dtype=torch.int8)
-        rc = lib.intrs_add(_pointer(a), _pointer(b), a.numel(), self.params_address, _pointer(y))
-        return None if rc else y
+        return Op(kind=OP_ADD, add_params=self.params_address, count=int(np.prod(first))), first
 
 
 class _Pool:
     def __init__(self, layer: PoolLayer):
         self.layer = layer
 
-    def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
-        n, h, w, c = x.shape
+    def op(self, shape: tuple[int, int, int]) -> tuple[Op, tuple[int, int, int]]:
+        h, w, c = shape
         layer = self.layer
         if layer.is_global:
             (kh, kw), (sh, sw), (ph, pw) = (h, w), (1, 1), (0, 0)
         else:
             (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
         oh, ow = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
-        y = torch.empty((n, oh, ow, c), dtype=torch.int8)
-        lib.intrs_pool(_pointer(x), n, h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, int(layer.op == "average_pool"),
-                       layer.act_min, layer.act_max, _pointer(y))
-        return y
+        op = Op(kind=OP_POOL)
+        op.pool[:] = (h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, int(layer.op == "average_pool"), layer.act_min,
+                      layer.act_max)
+        return op, (oh, ow, c)
 
 
 class _Flatten:
-    def __call__(self, lib, x: torch.Tensor) -> torch.Tensor:
-        # the reference flattens NCHW; a 1x1 map is the same either way
-        if x.shape[1] * x.shape[2] != 1:
-            x = x.permute(0, 3, 1, 2).contiguous()
-        return x.reshape(x.shape[0], 1, 1, -1)
+    """The reference flattens NCHW: the program reorders the NHWC image (a 1x1 map is the same either way)."""
+
+    def op(self, shape: tuple[int, int, int]) -> tuple[Op, tuple[int, int, int]]:
+        op = Op(kind=OP_FLATTEN)
+        op.pool[:3] = shape
+        return op, (1, 1, int(np.prod(shape)))
+
+
+class _Program:
+    """A model's layers as one C call: ops over slots (one image's buffers, reused once a tensor is dead)."""
+
+    def __init__(self, ops: list[Op], slot_bytes: list[int], output: int, output_shape: tuple[int, int, int]):
+        self.ops = (Op * len(ops))(*ops)
+        self.slot_bytes = np.array(slot_bytes, dtype=np.int64)
+        self.output, self.output_shape = output, output_shape
+        self.output_bytes = int(np.prod(output_shape))
+
+    def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
+        """int8 outputs (N, h, w, c) of an int32 NHWC batch, or None where the reference must decide."""
+        y = torch.empty((len(x), *self.output_shape), dtype=torch.int8)
+        rc = lib.intrs_run(ctypes.addressof(self.ops), len(self.ops), _pointer(self.slot_bytes), len(self.slot_bytes),
+                           _pointer(x), len(x), int(np.prod(x.shape[1:])), self.output, self.output_bytes,
+                           _pointer(y))
+        return None if rc else y
 
 
 class Plan:
@@ -276,6 +313,7 @@ class Plan:
         # no strong reference to the model: the cache below must not keep it alive
         self.model_ref, self.steps, self.supported = weakref.ref(model), [], True
         self.layers, self.input_name, self.output_name = list(model.layers), model.input_name, model.output_name
+        self.programs: dict[tuple, _Program | None] = {}
         for layer in model.layers:
             wide = model.input_name in layer.inputs
             if isinstance(layer, ConvLayer):
@@ -289,15 +327,48 @@ class Plan:
             else:
                 self.supported = False
 
+    def program(self, shape: tuple[int, int, int], low: int, high: int) -> _Program | None:
+        """The program for (h, w, c) input images with values in [low, high], cached by the choices those
+        bounds make for the layers reading the input (``_Conv.choice``)."""
+        choices = tuple(step.choice(low, high) if isinstance(step, _Conv) and step.wide_input else None
+                        for step in self.steps)
+        key = (shape, choices)
+        if key not in self.programs:
+            self.programs[key] = self._compile(shape, choices)
+        return self.programs[key]
+
+    def _compile(self, shape: tuple[int, int, int], choices: tuple) -> _Program | None:
+        last_use = {name: i for i, layer in enumerate(self.layers) for name in layer.inputs}
+        slot_of, shapes, free, slot_bytes, ops = {self.input_name: 0}, {self.input_name: shape}, [], [0], []
+        for i, (layer, step) in enumerate(zip(self.layers, self.steps)):
+            in_shapes = [shapes[name] for name in layer.inputs]
+            made = step.op(*in_shapes, choices[i]) if isinstance(step, _Conv) else step.op(*in_shapes)
+            if made is None:
+                return None
+            op, out_shape = made
+            if free:
+                out = free.pop()
+            else:
+                out = len(slot_bytes)
+                slot_bytes.append(0)
+            slot_bytes[out] = max(slot_bytes[out], int(np.prod(out_shape)))
+            slots = [slot_of[name] for name in layer.inputs]
+            op.in0, op.in1, op.out = slots[0], slots[-1], out
+            ops.append(op)
+            slot_of[layer.output], shapes[layer.output] = out, out_shape
+            free += [slot for name, slot in zip(layer.inputs, slots)
+                     if slot and last_use[name] == i and name != self.output_name and slot not in free]
+        return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name])
+
     def run(self, lib, z: torch.Tensor) -> torch.Tensor | None:
         """int8 logits (N, classes) of an NCHW integer batch, or None where the reference must decide."""
-        values = {self.input_name: z.to(torch.int32).permute(0, 2, 3, 1).contiguous()}
-        for layer, step in zip(self.layers, self.steps):
-            out = step(lib, *[values[name] for name in layer.inputs])
-            if out is None:
-                return None
-            values[layer.output] = out
-        out = values[self.output_name]
+        x = z.to(torch.int32).permute(0, 2, 3, 1).contiguous()
+        values = x.numpy()  # numpy's single-threaded reductions: torch's took milliseconds under load
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        program = self.program(tuple(x.shape[1:]), low, high)
+        out = None if program is None else program(lib, x)
+        if out is None:
+            return None
         return out.reshape(out.shape[0], -1) if out.shape[1] * out.shape[2] == 1 else out.permute(0, 3, 1, 2)
 
 
