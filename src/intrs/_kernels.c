@@ -34,6 +34,7 @@
 #define INLINE static inline __attribute__((always_inline))
 #define ERR_OVERFLOW 1
 #define ERR_MEMORY 2
+#define ERR_UNSUPPORTED 3 /* a program this build or CPU can't run: the reference engine decides */
 #define ADD_LEFT_SHIFT 20
 /* Output pixels per register tile: with two blocks of 16 channels 2 x 14 accumulators + 2 weight vectors
  * + a broadcast fill the 32 zmm registers; with one block up to 16. */
@@ -466,26 +467,33 @@ INTRS_AVX512 INLINE __m512i add_input16(__m512i d, const lanes_t *c) {
 }
 
 /* TFLite validates ADD's shifts <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs
- * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). */
-INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y) {
-    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return add_portable(a, b, count, p, y);
+ * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). lift_a, lift_b and
+ * lift_y (0 or 128) say which of a, b and y hold u8 values x + 128 (a network program's layout) instead of
+ * int8: the zero points and bounds move by the lift. */
+INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y,
+                                   int lift_a, int lift_b, int lift_y) {
+    if (p[4] > 0 || p[6] > 0 || p[8] > 0) {
+        if (lift_a || lift_b || lift_y) return ERR_OVERFLOW; /* the reference engine decides */
+        return add_portable(a, b, count, p, y);
+    }
     const __m512i zero = _mm512_setzero_si512();
 #define ADD_LANES(M, SHIFT, ZP, MIN, MAX)                                                                   \
     lanes_of(zero, _mm512_set1_epi32((int32_t)(M)), _mm512_set1_epi32((int32_t)-(SHIFT)),                  \
              _mm512_set1_epi32((int32_t)(((int64_t)1 << -(SHIFT)) >> 1)), ZP, MIN, MAX)
     const lanes_t c1 = ADD_LANES(p[3], p[4], 0, 0, 0), c2 = ADD_LANES(p[5], p[6], 0, 0, 0);
-    const lanes_t co = ADD_LANES(p[7], p[8], p[2], p[9], p[10]);
+    const lanes_t co = ADD_LANES(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
 #undef ADD_LANES
-    const __m512i z1 = _mm512_set1_epi32((int32_t)p[0]), z2 = _mm512_set1_epi32((int32_t)p[1]);
-    int64_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
-        __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
+    const __m512i z1 = _mm512_set1_epi32((int32_t)(p[0] + lift_a)), z2 = _mm512_set1_epi32((int32_t)(p[1] + lift_b));
+    for (int64_t i = 0; i < count; i += 16) {
+        __mmask16 m = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
+        __m128i ra = _mm_maskz_loadu_epi8(m, a + i), rb = _mm_maskz_loadu_epi8(m, b + i);
+        __m512i xa = lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);
+        __m512i xb = lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);
         __m512i sum = _mm512_add_epi32(add_input16(_mm512_sub_epi32(xa, z1), &c1),
                                        add_input16(_mm512_sub_epi32(xb, z2), &c2));
-        _mm_storeu_si128((__m128i *)(y + i), finish16_32(requant16(sum, &co), &co));
+        _mm_mask_storeu_epi8(y + i, m, finish16_32(requant16(sum, &co), &co));
     }
-    return add_portable(a + i, b + i, count - i, p, y + i);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ AVX2 (no VNNI) */
@@ -692,7 +700,7 @@ int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int16_t *w_pai
 
 int intrs_add(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y) {
 #if INTRS_X86
-    if (isa() == ISA_VNNI) return add_avx512(a, b, count, params, y);
+    if (isa() == ISA_VNNI) return add_avx512(a, b, count, params, y, 0, 0, 0);
     if (isa() == ISA_AVX2) return add_avx2(a, b, count, params, y);
 #endif
     return add_portable(a, b, count, params, y);
@@ -795,9 +803,18 @@ int64_t intrs_table_draw(const uint64_t *high, int64_t size, const int32_t *guid
 #define OP_POOL 3
 #define OP_FLATTEN 4 /* NHWC -> NCHW order of one image (the reference flattens NCHW) */
 
+/* How a tensor lies in its slot: NHWC rows framed by `pad` pixels on every side, `pixel` bytes per pixel, as
+ * int8 (lift 0) or as u8 x + 128 (lift 128). The lifted, framed layout is what vpdpbusd reads, so a VNNI
+ * convolution takes its input as it lies, without the lifting copy; the frame holds the tensor's lifted zero
+ * point, which TFLite's padding contributes. */
+typedef struct {
+    int h, w, c, pad, pixel, lift;
+} layout_t;
+
 typedef struct {
     int kind, in0, in1, out;
-    conv_shape_t shape; /* convolutions, with n = 1 */
+    layout_t from0, from1, to; /* the layouts of in0, in1 and out */
+    conv_shape_t shape;        /* convolutions, with n = 1 */
     const int8_t *w_vnni;
     const requant_t *q_vnni;
     const int16_t *w_pairs; /* OP_CONV_S32: null where the input is too wide for int16 pairs */
@@ -805,43 +822,144 @@ typedef struct {
     const int32_t *w_wide;
     const requant_t *q_wide;
     const int64_t *add_params;
-    int64_t count; /* ADD: values per image */
-    int pool[14];  /* h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, average, act_min, act_max; FLATTEN: h, w, c */
+    int pool[14]; /* h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, average, act_min, act_max */
 } op_t;
 
-static int run_op(const op_t *op, void *const *slot) {
+INLINE int64_t layout_row(const layout_t *l) { return (int64_t)(l->w + 2 * l->pad) * l->pixel; }
+
+/* The first interior pixel of a tensor in its slot. */
+INLINE char *interior(void *slot, const layout_t *l) { return (char *)slot + l->pad * layout_row(l) + l->pad * l->pixel; }
+
+/* Fills the frame of a tensor just written with its (lifted) zero point. */
+static void fill_frame(void *slot, const layout_t *l, int64_t zero_point) {
+    if (!l->pad) return;
+    const uint8_t value = (uint8_t)(zero_point + l->lift);
+    const int64_t row = layout_row(l), side = (int64_t)l->pad * l->pixel;
+    char *base = (char *)slot;
+    memset(base, value, (size_t)(row * l->pad));
+    memset(base + row * (l->pad + l->h), value, (size_t)(row * l->pad));
+    for (int y = l->pad; y < l->pad + l->h; y++) {
+        memset(base + y * row, value, (size_t)side);
+        memset(base + y * row + row - side, value, (size_t)side);
+    }
+}
+
+/* A tensor as plain int8 NHWC (its interior, unlifted, c channels) in dst. */
+static void to_plain(void *slot, const layout_t *l, int8_t *dst) {
+    const char *src = interior(slot, l);
+    for (int y = 0; y < l->h; y++)
+        for (int x = 0; x < l->w; x++)
+            for (int k = 0; k < l->c; k++)
+                *dst++ = (int8_t)(src[y * layout_row(l) + (int64_t)x * l->pixel + k] ^ (l->lift ? 0x80 : 0));
+}
+
+INLINE int plain(const layout_t *l) { return !l->pad && !l->lift && l->pixel == l->c; }
+
+static int run_conv(const op_t *op, void *const *slot) {
+    const layout_t *from = &op->from0, *to = &op->to;
+    const conv_shape_t *s = &op->shape;
+    if (op->kind == OP_CONV_S8 && from->lift) { /* a VNNI program: the input lies ready for vpdpbusd */
+#if INTRS_X86
+        if (isa() != ISA_VNNI) return ERR_UNSUPPORTED;
+        const uint8_t *u = (const uint8_t *)interior(slot[op->in0], from) - s->ph * layout_row(from) -
+                           s->pw * from->pixel;
+        out_t out = {(int8_t *)interior(slot[op->out], to), layout_row(to), to->pixel, to->lift};
+        __mmask8 bad = 0;
+        conv_image_s8_vnni(u, from->w + 2 * from->pad, from->pixel, s, op->w_vnni, op->q_vnni, &out, &bad);
+        fill_frame(slot[op->out], to, op->q_vnni->zero_point);
+        return bad ? ERR_OVERFLOW : 0;
+#endif
+    }
+    if (!plain(from)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
+    if (!plain(to)) {
+#if INTRS_X86
+        if (isa() != ISA_VNNI || (op->kind == OP_CONV_S32 && !op->w_pairs)) return ERR_UNSUPPORTED;
+        /* a VNNI program's first layer or a layer after a plain one, writing the lifted layout */
+        out_t out = {(int8_t *)interior(slot[op->out], to), layout_row(to), to->pixel, to->lift};
+        int err = op->kind == OP_CONV_S8
+                      ? conv_s8_vnni((const int8_t *)slot[op->in0], s, op->w_vnni, op->q_vnni, out, 0)
+                      : conv_s16_vnni((const int32_t *)slot[op->in0], s, op->w_pairs, op->q_pairs, out, 0);
+        fill_frame(slot[op->out], to, op->q_vnni ? op->q_vnni->zero_point : op->q_pairs->zero_point);
+        return err;
+#else
+        return ERR_UNSUPPORTED;
+#endif
+    }
+    if (op->kind == OP_CONV_S8)
+        return intrs_conv_s8((const int8_t *)slot[op->in0], s, op->w_vnni, op->q_vnni, op->w_pairs, op->q_pairs,
+                             op->w_wide, op->q_wide, (int8_t *)slot[op->out]);
+    return intrs_conv_s32((const int32_t *)slot[op->in0], s, op->w_pairs, op->q_pairs, op->w_wide, op->q_wide,
+                          (int8_t *)slot[op->out]);
+}
+
+static int run_add(const op_t *op, void *const *slot) {
+    const layout_t *la = &op->from0, *lb = &op->from1, *ly = &op->to;
+    if (plain(la) && plain(lb) && plain(ly))
+        return intrs_add((const int8_t *)slot[op->in0], (const int8_t *)slot[op->in1],
+                         (int64_t)ly->h * ly->w * ly->c, op->add_params, (int8_t *)slot[op->out]);
+#if INTRS_X86
+    if (isa() != ISA_VNNI) return ERR_UNSUPPORTED;
+    /* row by row (the frames differ), every byte of a pixel (the three share their pixel size) */
+    const char *a = interior(slot[op->in0], la), *b = interior(slot[op->in1], lb);
+    char *y = interior(slot[op->out], ly);
+    for (int r = 0; r < ly->h; r++) {
+        int err = add_avx512((const int8_t *)a + r * layout_row(la), (const int8_t *)b + r * layout_row(lb),
+                             (int64_t)ly->w * ly->pixel, op->add_params, (int8_t *)y + r * layout_row(ly), la->lift,
+                             lb->lift, ly->lift);
+        if (err) return err;
+    }
+    fill_frame(slot[op->out], ly, op->add_params[2]);
+    return 0;
+#else
+    return ERR_UNSUPPORTED;
+#endif
+}
+
+/* Runs op on plain int8 input: a lifted or framed input is copied out first (pools and the flatten come
+ * once, near the end of a network). */
+static int run_plain(const op_t *op, void *const *slot) {
+    const layout_t *from = &op->from0;
+    const int8_t *x = (const int8_t *)slot[op->in0];
+    int8_t *copy = NULL, *y = (int8_t *)slot[op->out];
     const int *p = op->pool;
+    if (!plain(&op->to)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
+    if (!plain(from)) {
+        copy = (int8_t *)malloc((size_t)from->h * from->w * from->c);
+        if (!copy) return ERR_MEMORY;
+        to_plain(slot[op->in0], from, copy);
+        x = copy;
+    }
+    int err = 0;
+    if (op->kind == OP_POOL) {
+        err = intrs_pool(x, 1, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                                      p[13], y);
+    } else {
+        for (int c = 0; c < from->c; c++)
+            for (int i = 0; i < from->h * from->w; i++) y[c * from->h * from->w + i] = x[i * from->c + c];
+    }
+    free(copy);
+    return err;
+}
+
+static int run_op(const op_t *op, void *const *slot) {
     switch (op->kind) {
         case OP_CONV_S8:
-            return intrs_conv_s8((const int8_t *)slot[op->in0], &op->shape, op->w_vnni, op->q_vnni, op->w_pairs,
-                                 op->q_pairs, op->w_wide, op->q_wide, (int8_t *)slot[op->out]);
-        case OP_CONV_S32:
-            return intrs_conv_s32((const int32_t *)slot[op->in0], &op->shape, op->w_pairs, op->q_pairs, op->w_wide,
-                                  op->q_wide, (int8_t *)slot[op->out]);
-        case OP_ADD:
-            return intrs_add((const int8_t *)slot[op->in0], (const int8_t *)slot[op->in1], op->count, op->add_params,
-                             (int8_t *)slot[op->out]);
+        case OP_CONV_S32: return run_conv(op, slot);
+        case OP_ADD: return run_add(op, slot);
         case OP_POOL:
-            return intrs_pool((const int8_t *)slot[op->in0], 1, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8],
-                              p[9], p[10], p[11], p[12], p[13], (int8_t *)slot[op->out]);
-        case OP_FLATTEN: {
-            const int8_t *x = (const int8_t *)slot[op->in0];
-            int8_t *y = (int8_t *)slot[op->out];
-            for (int c = 0; c < p[2]; c++)
-                for (int i = 0; i < p[0] * p[1]; i++) y[c * p[0] * p[1] + i] = x[i * p[2] + c];
-            return 0;
-        }
+        case OP_FLATTEN: return run_plain(op, slot);
     }
-    return ERR_MEMORY;
+    return ERR_UNSUPPORTED;
 }
 
 /* Runs a network program on n images, one image through every layer before the next, so that its
  * activations stay in the core's caches: x holds n int32 images of image_values each (slot 0), y gets
- * output_bytes of slot `output` per image. slot_bytes[k] is the size of slot k (k >= 1). */
+ * output_bytes of slot `output` (a plain int8 tensor) per image. slot_bytes[k] is the size of slot k
+ * (k >= 1). */
 int intrs_run(const op_t *ops, int count, const int64_t *slot_bytes, int slots, const int32_t *x, int n,
               int64_t image_values, int output, int64_t output_bytes, int8_t *y) {
     void *slot[64];
-    if (slots > 64 || output < 1 || output >= slots) return ERR_MEMORY;
+    if (slots > 64 || output < 1 || output >= slots) return ERR_UNSUPPORTED;
     int64_t total = 0;
     for (int k = 1; k < slots; k++) total += (slot_bytes[k] + 63) & ~(int64_t)63;
     char *arena = (char *)aligned_alloc(64, (size_t)(total > 0 ? total : 64));

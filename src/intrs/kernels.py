@@ -54,11 +54,21 @@ class Requant(ctypes.Structure):
 OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
 
 
+class Layout(ctypes.Structure):
+    """How a tensor lies in its slot (``layout_t``): (h, w, c) framed by ``pad`` pixels, ``pixel`` bytes per
+    pixel, int8 (lift 0) or u8 x + 128 (lift 128, what the VNNI convolutions read without a copy)."""
+    _fields_ = [(name, ctypes.c_int) for name in ("h", "w", "c", "pad", "pixel", "lift")]
+
+    @property
+    def bytes(self) -> int:
+        return (self.h + 2 * self.pad) * (self.w + 2 * self.pad) * self.pixel
+
+
 class Op(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + [("shape", ConvShape)] + \
+    _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + \
+               [(name, Layout) for name in ("from0", "from1", "to")] + [("shape", ConvShape)] + \
                [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "w_pairs", "q_pairs", "w_wide", "q_wide",
-                                                     "add_params")] + \
-               [("count", ctypes.c_int64), ("pool", ctypes.c_int * 14)]
+                                                     "add_params")] + [("pool", ctypes.c_int * 14)]
 
 
 @lru_cache(maxsize=1)
@@ -258,7 +268,7 @@ class _Add:
     def op(self, first: tuple[int, int, int], second: tuple[int, int, int]) -> tuple[Op, tuple[int, int, int]] | None:
         if first != second:
             return None  # broadcasting adds take the reference path
-        return Op(kind=OP_ADD, add_params=self.params_address, count=int(np.prod(first))), first
+        return Op(kind=OP_ADD, add_params=self.params_address), first
 
 
 class _Pool:
@@ -327,45 +337,72 @@ class Plan:
             else:
                 self.supported = False
 
-    def program(self, shape: tuple[int, int, int], low: int, high: int) -> _Program | None:
+    def program(self, shape: tuple[int, int, int], low: int, high: int, instruction_set: str) -> _Program | None:
         """The program for (h, w, c) input images with values in [low, high], cached by the choices those
-        bounds make for the layers reading the input (``_Conv.choice``)."""
+        bounds make for the layers reading the input (``_Conv.choice``) and by the instruction set."""
         choices = tuple(step.choice(low, high) if isinstance(step, _Conv) and step.wide_input else None
                         for step in self.steps)
-        key = (shape, choices)
+        key = (shape, choices, instruction_set)
         if key not in self.programs:
-            self.programs[key] = self._compile(shape, choices)
+            self.programs[key] = self._compile(shape, choices, instruction_set == "avx512-vnni")
         return self.programs[key]
 
-    def _compile(self, shape: tuple[int, int, int], choices: tuple) -> _Program | None:
-        last_use = {name: i for i, layer in enumerate(self.layers) for name in layer.inputs}
-        slot_of, shapes, free, slot_bytes, ops = {self.input_name: 0}, {self.input_name: shape}, [], [0], []
-        for i, (layer, step) in enumerate(zip(self.layers, self.steps)):
-            in_shapes = [shapes[name] for name in layer.inputs]
-            made = step.op(*in_shapes, choices[i]) if isinstance(step, _Conv) else step.op(*in_shapes)
+    def _compile(self, shape: tuple[int, int, int], choices: tuple, vnni: bool) -> _Program | None:
+        # the ops and every tensor's (h, w, c)
+        ops, shapes = [], {self.input_name: shape}
+        for layer, step, choice in zip(self.layers, self.steps, choices):
+            made = step.op(*[shapes[name] for name in layer.inputs], *([choice] if choice else []))
             if made is None:
                 return None
-            op, out_shape = made
-            if free:
-                out = free.pop()
-            else:
-                out = len(slot_bytes)
+            ops.append(made[0])
+            shapes[layer.output] = made[1]
+        layouts = self._layouts(ops, shapes, vnni)
+        # slots: one image's buffers, a dead tensor's slot reused by the next (never by its reader's output)
+        last_use = {name: i for i, layer in enumerate(self.layers) for name in layer.inputs}
+        slot_of, free, slot_bytes = {self.input_name: 0}, [], [0]
+        for i, (layer, op) in enumerate(zip(self.layers, ops)):
+            out = free.pop() if free else len(slot_bytes)
+            if out == len(slot_bytes):
                 slot_bytes.append(0)
-            slot_bytes[out] = max(slot_bytes[out], int(np.prod(out_shape)))
+            slot_bytes[out] = max(slot_bytes[out], layouts[layer.output].bytes)
             slots = [slot_of[name] for name in layer.inputs]
             op.in0, op.in1, op.out = slots[0], slots[-1], out
-            ops.append(op)
-            slot_of[layer.output], shapes[layer.output] = out, out_shape
+            op.from0, op.from1, op.to = layouts[layer.inputs[0]], layouts[layer.inputs[-1]], layouts[layer.output]
+            slot_of[layer.output] = out
             free += [slot for name, slot in zip(layer.inputs, slots)
                      if slot and last_use[name] == i and name != self.output_name and slot not in free]
         return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name])
+
+    def _layouts(self, ops: list[Op], shapes: dict, vnni: bool) -> dict[str, Layout]:
+        """Plain int8 NHWC everywhere, except, on VNNI, the tensors that a convolution or an ADD writes for
+        convolutions and ADDs to read: lifted to u8 and framed by the widest padding of their readers, so
+        that no convolution copies its input."""
+        readers: dict[str, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            for name in layer.inputs:
+                readers.setdefault(name, []).append(i)
+        layouts = {}
+        for name, (h, w, c) in shapes.items():
+            layouts[name] = Layout(h, w, c, 0, c, 0)
+        if not vnni:
+            return layouts
+        for i, (layer, op) in enumerate(zip(self.layers, ops)):
+            name, (h, w, c) = layer.output, shapes[layer.output]
+            writer = op.kind == OP_CONV_S8 or op.kind == OP_ADD or (op.kind == OP_CONV_S32 and op.w_pairs)
+            reads = [ops[k] for k in readers.get(name, [])]
+            if (not writer or name == self.output_name or c % 4 or not reads
+                    or any(r.kind not in (OP_CONV_S8, OP_ADD) for r in reads)):
+                continue
+            pad = max((max(r.shape.ph, r.shape.pw) for r in reads if r.kind == OP_CONV_S8), default=0)
+            layouts[name] = Layout(h, w, c, pad, c, 128)
+        return layouts
 
     def run(self, lib, z: torch.Tensor) -> torch.Tensor | None:
         """int8 logits (N, classes) of an NCHW integer batch, or None where the reference must decide."""
         x = z.to(torch.int32).permute(0, 2, 3, 1).contiguous()
         values = x.numpy()  # numpy's single-threaded reductions: torch's took milliseconds under load
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        program = self.program(tuple(x.shape[1:]), low, high)
+        program = self.program(tuple(x.shape[1:]), low, high, INSTRUCTION_SETS[lib.intrs_set_isa(_requested_level)])
         out = None if program is None else program(lib, x)
         if out is None:
             return None
