@@ -466,12 +466,91 @@ INTRS_AVX512 INLINE __m512i add_input16(__m512i d, const lanes_t *c) {
     return _mm512_srav_epi32(p, c->right);
 }
 
+/* MultiplyByQuantizedMultiplier of 16 int32 lanes x, from 64-bit products in one rounding:
+ *   floor((x M0 + add - fix [x M0 < below]) / 2^shift)
+ * With add = 2^30 + 2^(r-1) 2^31 + z 2^(31+r), fix = 2^31 and below = -2^30 (r = right shift > 0; add =
+ * 2^30 + z 2^(31+r), fix = 0 when r = 0), shift = 31 + r, this is z + TFLite's double rounding:
+ * floor((x M0 + 2^30) / 2^31) = p, then p / 2^r rounding half away from zero, which is
+ * floor((p + 2^(r-1)) / 2^r) for p >= 0 and floor((p + 2^(r-1) - 1) / 2^r) for p < 0 (p < 0 exactly when
+ * x M0 + 2^30 < 0), and floor(floor(v / 2^31) / 2^r) = floor(v / 2^(31+r)). An offset o added to x before
+ * the multiplication folds in too (add += o M0, below -= o M0). The caller keeps |numerator| < 2^63. */
+typedef struct {
+    __m512i mult, mult_odd, add[2], below[2], fix[2], shift[2]; /* [0]: the even lanes, [1]: the odd lanes */
+} fused_t;
+
+INTRS_AVX512 INLINE __m512i requant_fused(__m512i x, const fused_t *f) {
+    __m512i half[2] = {_mm512_mul_epi32(x, f->mult), _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f->mult_odd)};
+    for (int h = 0; h < 2; h++) {
+        __mmask8 negative = _mm512_cmplt_epi64_mask(half[h], f->below[h]);
+        __m512i v = _mm512_add_epi64(half[h], f->add[h]);
+        half[h] = _mm512_srav_epi64(_mm512_mask_sub_epi64(v, negative, v, f->fix[h]), f->shift[h]);
+    }
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    return _mm512_permutex2var_epi32(half[0], interleave, half[1]);
+}
+
+/* One ADD input's rescaling, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, -r), for x in 16 int32 lanes,
+ * less z A: with q = 11 + r and M0 = A 2^q + B, floor((d 2^20 M0 + 2^30) / 2^31) then the rounding
+ * division by 2^r is floor((d M0 + 2^10 + c 2^11) / 2^q) (as in requant_fused; c = 2^(r-1) - [d < 0], or 0
+ * when r = 0) = d A + floor((d B + 2^10 + c 2^11) / 2^q), and d A = x A - z A. For r <= 10 every term is
+ * within int32 (|x B| < 2^(q+9)). */
+typedef struct {
+    __m512i a, b, k, z, fix;
+    __m128i q;
+} add_input_t;
+
+INTRS_AVX512 INLINE add_input_t add_input_of(int64_t z, int64_t mult, int64_t shift) {
+    const int64_t r = -shift, q = 11 + r, c = r ? (int64_t)1 << (r - 1) : 0;
+    const int64_t b = mult & (((int64_t)1 << q) - 1);
+    add_input_t in = {_mm512_set1_epi32((int32_t)(mult >> q)), _mm512_set1_epi32((int32_t)b),
+                      _mm512_set1_epi32((int32_t)(((int64_t)1 << 10) + c * 2048 - z * b)), _mm512_set1_epi32((int32_t)z),
+                      _mm512_set1_epi32(r ? 2048 : 0), _mm_cvtsi64_si128(q)};
+    return in;
+}
+
+INTRS_AVX512 INLINE __m512i add_input_fused(__m512i x, const add_input_t *in) {
+    __m512i low = _mm512_add_epi32(_mm512_mullo_epi32(x, in->b), in->k);
+    low = _mm512_mask_sub_epi32(low, _mm512_cmplt_epi32_mask(x, in->z), low, in->fix);
+    return _mm512_add_epi32(_mm512_mullo_epi32(x, in->a), _mm512_sra_epi32(low, in->q));
+}
+
+/* ADD through requant_fused and add_input_fused where their bounds hold (input shifts >= -10, output shift
+ * in [-21, 0]); returns 1 if it ran. */
+INTRS_AVX512 static int add_avx512_fused(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p,
+                                         int8_t *y, int lift_a, int lift_b, int lift_y) {
+    if (p[4] < -10 || p[6] < -10 || p[8] < -21 || p[4] > 0 || p[6] > 0 || p[8] > 0) return 0;
+    const int64_t z1 = p[0] + lift_a, z2 = p[1] + lift_b, r = -p[8], m = p[7];
+    const add_input_t in1 = add_input_of(z1, p[3], p[4]), in2 = add_input_of(z2, p[5], p[6]);
+    /* the sum of the two rescaled inputs is s + zA, zA = z1 A1 + z2 A2, folded into the output's constants */
+    const int64_t za = z1 * (p[3] >> (11 - p[4])) + z2 * (p[5] >> (11 - p[6]));
+    const int64_t add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
+                        (p[2] + lift_y) * ((int64_t)1 << (31 + r));
+    fused_t f;
+    f.mult = _mm512_set1_epi32((int32_t)m), f.mult_odd = _mm512_set1_epi64(m);
+    f.add[0] = f.add[1] = _mm512_set1_epi64(add);
+    f.below[0] = f.below[1] = _mm512_set1_epi64(za * m - ((int64_t)1 << 30));
+    f.fix[0] = f.fix[1] = _mm512_set1_epi64(r ? (int64_t)1 << 31 : 0);
+    f.shift[0] = f.shift[1] = _mm512_set1_epi64(31 + r);
+    const __m512i lo = _mm512_set1_epi32((int32_t)(p[9] + lift_y)), hi = _mm512_set1_epi32((int32_t)(p[10] + lift_y));
+    for (int64_t i = 0; i < count; i += 16) {
+        __mmask16 k = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
+        __m128i ra = _mm_maskz_loadu_epi8(k, a + i), rb = _mm_maskz_loadu_epi8(k, b + i);
+        __m512i xa = lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);
+        __m512i xb = lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);
+        __m512i sum = _mm512_add_epi32(add_input_fused(xa, &in1), add_input_fused(xb, &in2));
+        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(sum, &f), lo), hi);
+        _mm_mask_storeu_epi8(y + i, k, _mm512_cvtepi32_epi8(v));
+    }
+    return 1;
+}
+
 /* TFLite validates ADD's shifts <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs
  * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). lift_a, lift_b and
  * lift_y (0 or 128) say which of a, b and y hold u8 values x + 128 (a network program's layout) instead of
  * int8: the zero points and bounds move by the lift. */
 INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y,
                                    int lift_a, int lift_b, int lift_y) {
+    if (add_avx512_fused(a, b, count, p, y, lift_a, lift_b, lift_y)) return 0;
     if (p[4] > 0 || p[6] > 0 || p[8] > 0) {
         if (lift_a || lift_b || lift_y) return ERR_OVERFLOW; /* the reference engine decides */
         return add_portable(a, b, count, p, y);
@@ -712,11 +791,15 @@ INTRS_AVX512 static int64_t add_rescale_avx512(const int8_t *x, int64_t count, i
                                                int64_t right, int32_t *out) {
     lanes_t c = lanes_of(_mm512_setzero_si512(), _mm512_set1_epi32((int32_t)mult), _mm512_set1_epi32((int32_t)right),
                          _mm512_set1_epi32((int32_t)(((int64_t)1 << right) >> 1)), 0, 0, 0);
+    const add_input_t in = add_input_of(z, mult, -right);
+    const __m512i za = _mm512_set1_epi32((int32_t)(z * (mult >> (11 + right))));
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
-        __m512i d = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i))),
-                                     _mm512_set1_epi32((int32_t)z));
-        _mm512_storeu_si512(out + i, add_input16(d, &c));
+        __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        /* the form add_avx512 uses for these shifts */
+        v = right <= 10 ? _mm512_sub_epi32(add_input_fused(v, &in), za)
+                        : add_input16(_mm512_sub_epi32(v, _mm512_set1_epi32((int32_t)z)), &c);
+        _mm512_storeu_si512(out + i, v);
     }
     return i;
 }
