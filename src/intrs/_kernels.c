@@ -87,6 +87,11 @@ typedef struct {
      * runs in 16 int32 lanes (the int32 copies below); otherwise the int64 lanes above with checks */
     int fast32;
     const int32_t *offset32, *mult32, *right32, *half32;
+    /* fused (VNNI): every accumulator provably within int32, no left shift, and requant_fused's bounds hold;
+     * per block of 16 channels, 80 int64 in even-then-odd lane order: add (lift 0), add (lift 128), below,
+     * fix, shift (see requant_fused). relu: act_min >= zero_point. */
+    int fused, relu;
+    const int64_t *fused_constants;
 } requant_t;
 
 typedef struct {
@@ -225,6 +230,45 @@ INTRS_AVX512 INLINE lanes_t lanes_at(const requant_t *q, int o, int lift) {
                     q->act_min + lift, q->act_max + lift);
 }
 
+/* MultiplyByQuantizedMultiplier of 16 int32 lanes x, from 64-bit products in one rounding:
+ *   floor((x M0 + add - fix [x M0 < below]) / 2^shift)
+ * With add = 2^30 + 2^(r-1) 2^31 + z 2^(31+r), fix = 2^31 and below = -2^30 (r = right shift > 0; add =
+ * 2^30 + z 2^(31+r), fix = 0 when r = 0), shift = 31 + r, this is z + TFLite's double rounding:
+ * floor((x M0 + 2^30) / 2^31) = p, then p / 2^r rounding half away from zero, which is
+ * floor((p + 2^(r-1)) / 2^r) for p >= 0 and floor((p + 2^(r-1) - 1) / 2^r) for p < 0 (p < 0 exactly when
+ * x M0 + 2^30 < 0), and floor(floor(v / 2^31) / 2^r) = floor(v / 2^(31+r)). An offset o added to x before
+ * the multiplication folds in too (add += o M0, below -= o M0). The caller keeps |numerator| < 2^63.
+ * With relu (act_min >= z, the output clamped there), the sign test is skipped: for p < 0 both roundings
+ * give a value <= z, which the clamp turns into act_min all the same. */
+typedef struct {
+    __m512i mult, mult_odd, add[2], below[2], fix[2], shift[2]; /* [0]: the even lanes, [1]: the odd lanes */
+} fused_t;
+
+INTRS_AVX512 INLINE __m512i requant_fused(__m512i x, const fused_t *f, int relu) {
+    __m512i half[2] = {_mm512_mul_epi32(x, f->mult), _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f->mult_odd)};
+    for (int h = 0; h < 2; h++) {
+        __m512i v = _mm512_add_epi64(half[h], f->add[h]);
+        if (!relu) v = _mm512_mask_sub_epi64(v, _mm512_cmplt_epi64_mask(half[h], f->below[h]), v, f->fix[h]);
+        half[h] = _mm512_srav_epi64(v, f->shift[h]);
+    }
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    return _mm512_permutex2var_epi32(half[0], interleave, half[1]);
+}
+
+/* The fused constants of output channels o..o+15 of a layer (requant_t.fused). */
+INTRS_AVX512 INLINE fused_t fused_at(const requant_t *q, int o, int lift) {
+    const int64_t *c = q->fused_constants + (int64_t)(o / 16) * 80;
+    fused_t f;
+    f.mult = _mm512_loadu_si512(q->mult32 + o), f.mult_odd = _mm512_srli_epi64(f.mult, 32);
+    for (int h = 0; h < 2; h++) {
+        f.add[h] = _mm512_loadu_si512(c + (lift ? 16 : 0) + 8 * h);
+        f.below[h] = _mm512_loadu_si512(c + 32 + 8 * h);
+        f.fix[h] = _mm512_loadu_si512(c + 48 + 8 * h);
+        f.shift[h] = _mm512_loadu_si512(c + 64 + 8 * h);
+    }
+    return f;
+}
+
 /* MultiplyByQuantizedMultiplier on 16 int32 lanes, for |acc| <= 2^30 (so every intermediate fits):
  * the 64-bit products of the even and the odd lanes, floor((a M0 + 2^30) / 2^31), interleaved back. */
 INTRS_AVX512 INLINE __m512i requant16(__m512i acc, const lanes_t *c) {
@@ -245,9 +289,14 @@ INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const lanes_t *c) {
 }
 
 /* 16 output channels starting at o of one output pixel: int32 dot products -> int8 (or, lift = 128, the u8
- * y + 128 that the next VNNI layer reads); c holds the int32-lane constants when q->fast32. */
-INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, int lift,
-                                       __mmask8 *bad) {
+ * y + 128 that the next VNNI layer reads); f holds the fused constants when q->fused, c the int32-lane ones
+ * when q->fast32 (and the bounds when either). */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, const fused_t *f, int o,
+                                       int lift, __mmask8 *bad) {
+    if (q->fused) {
+        __m512i v = requant_fused(dot, f, q->relu);
+        return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
+    }
     if (q->fast32) return finish16_32(requant16(_mm512_add_epi32(dot, c->offset), c), c);
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
@@ -304,11 +353,18 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, cons
         int rest = s->cout - o - 16 * k;
         __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
         lanes_t c;
-        if (q->fast32) c = lanes_at(q, o + 16 * k, out->lift);
+        fused_t f;
+        if (q->fused) {
+            f = fused_at(q, o + 16 * k, out->lift);
+            c.act_min = _mm512_set1_epi32((int32_t)(q->act_min + out->lift));
+            c.act_max = _mm512_set1_epi32((int32_t)(q->act_max + out->lift));
+        } else if (q->fast32) {
+            c = lanes_at(q, o + 16 * k, out->lift);
+        }
         int8_t *at = out->base + oy * out->row + (int64_t)ox0 * out->pixel + o + 16 * k;
         for (int t = 0; t < T; t++)
             _mm_mask_storeu_epi8(at + (int64_t)t * out->pixel, keep,
-                                 epilogue16(acc[k][t], q, &c, o + 16 * k, out->lift, bad));
+                                 epilogue16(acc[k][t], q, &c, &f, o + 16 * k, out->lift, bad));
     }
 }
 
@@ -466,29 +522,6 @@ INTRS_AVX512 INLINE __m512i add_input16(__m512i d, const lanes_t *c) {
     return _mm512_srav_epi32(p, c->right);
 }
 
-/* MultiplyByQuantizedMultiplier of 16 int32 lanes x, from 64-bit products in one rounding:
- *   floor((x M0 + add - fix [x M0 < below]) / 2^shift)
- * With add = 2^30 + 2^(r-1) 2^31 + z 2^(31+r), fix = 2^31 and below = -2^30 (r = right shift > 0; add =
- * 2^30 + z 2^(31+r), fix = 0 when r = 0), shift = 31 + r, this is z + TFLite's double rounding:
- * floor((x M0 + 2^30) / 2^31) = p, then p / 2^r rounding half away from zero, which is
- * floor((p + 2^(r-1)) / 2^r) for p >= 0 and floor((p + 2^(r-1) - 1) / 2^r) for p < 0 (p < 0 exactly when
- * x M0 + 2^30 < 0), and floor(floor(v / 2^31) / 2^r) = floor(v / 2^(31+r)). An offset o added to x before
- * the multiplication folds in too (add += o M0, below -= o M0). The caller keeps |numerator| < 2^63. */
-typedef struct {
-    __m512i mult, mult_odd, add[2], below[2], fix[2], shift[2]; /* [0]: the even lanes, [1]: the odd lanes */
-} fused_t;
-
-INTRS_AVX512 INLINE __m512i requant_fused(__m512i x, const fused_t *f) {
-    __m512i half[2] = {_mm512_mul_epi32(x, f->mult), _mm512_mul_epi32(_mm512_srli_epi64(x, 32), f->mult_odd)};
-    for (int h = 0; h < 2; h++) {
-        __mmask8 negative = _mm512_cmplt_epi64_mask(half[h], f->below[h]);
-        __m512i v = _mm512_add_epi64(half[h], f->add[h]);
-        half[h] = _mm512_srav_epi64(_mm512_mask_sub_epi64(v, negative, v, f->fix[h]), f->shift[h]);
-    }
-    const __m512i interleave = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-    return _mm512_permutex2var_epi32(half[0], interleave, half[1]);
-}
-
 /* One ADD input's rescaling, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, -r), for x in 16 int32 lanes,
  * less z A: with q = 11 + r and M0 = A 2^q + B, floor((d 2^20 M0 + 2^30) / 2^31) then the rounding
  * division by 2^r is floor((d M0 + 2^10 + c 2^11) / 2^q) (as in requant_fused; c = 2^(r-1) - [d < 0], or 0
@@ -532,13 +565,14 @@ INTRS_AVX512 static int add_avx512_fused(const int8_t *a, const int8_t *b, int64
     f.fix[0] = f.fix[1] = _mm512_set1_epi64(r ? (int64_t)1 << 31 : 0);
     f.shift[0] = f.shift[1] = _mm512_set1_epi64(31 + r);
     const __m512i lo = _mm512_set1_epi32((int32_t)(p[9] + lift_y)), hi = _mm512_set1_epi32((int32_t)(p[10] + lift_y));
+    const int relu = p[9] >= p[2];
     for (int64_t i = 0; i < count; i += 16) {
         __mmask16 k = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
         __m128i ra = _mm_maskz_loadu_epi8(k, a + i), rb = _mm_maskz_loadu_epi8(k, b + i);
         __m512i xa = lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);
         __m512i xb = lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);
         __m512i sum = _mm512_add_epi32(add_input_fused(xa, &in1), add_input_fused(xb, &in2));
-        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(sum, &f), lo), hi);
+        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(sum, &f, relu), lo), hi);
         _mm_mask_storeu_epi8(y + i, k, _mm512_cvtepi32_epi8(v));
     }
     return 1;

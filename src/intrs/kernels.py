@@ -47,7 +47,8 @@ class Requant(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in ("offset", "mult", "left", "right", "half")] + \
                [("zero_point", ctypes.c_int64), ("act_min", ctypes.c_int64), ("act_max", ctypes.c_int64),
                 ("any_left", ctypes.c_int), ("fast32", ctypes.c_int)] + \
-               [(name, ctypes.c_void_p) for name in ("offset32", "mult32", "right32", "half32")]
+               [(name, ctypes.c_void_p) for name in ("offset32", "mult32", "right32", "half32")] + \
+               [("fused", ctypes.c_int), ("relu", ctypes.c_int), ("fused_constants", ctypes.c_void_p)]
 
 
 # a layer of a network program (``op_t`` in _kernels.c); its kinds:
@@ -167,17 +168,42 @@ class _Requants:
         self.int32 = [a.astype(np.int32) for a in (self.mult, self.right, self.half)]
         self.keep = []  # offsets handed to C: kept alive with the structs that point at them
 
-    def make(self, offset: np.ndarray, fast32: bool) -> Requant:
-        """``fast32`` promises |acc| <= 2^30 (the int32-lane epilogue) and is refused with a left shift."""
+    def make(self, offset: np.ndarray, fast32: bool, dot_bound: np.ndarray | None = None) -> Requant:
+        """``fast32`` promises |acc| <= 2^30 (the int32-lane epilogue) and is refused with a left shift.
+        ``dot_bound`` (per channel, for the VNNI kernels: acc = dot + offset) asks for the fused epilogue."""
         fast32 = fast32 and not self.left.any()
         offset32 = offset.astype(np.int32) if fast32 else offset
-        self.keep += [offset, offset32]
+        fused = None if dot_bound is None else self._fused(offset, dot_bound)
+        self.keep += [offset, offset32, fused]
         mult32, right32, half32 = self.int32
         layer = self.layer
         return Requant(_pointer(offset), _pointer(self.mult), _pointer(self.left), _pointer(self.right),
                        _pointer(self.half), layer.output_zero_point, layer.act_min, layer.act_max,
                        int(self.left.any()), int(fast32), _pointer(offset32), _pointer(mult32), _pointer(right32),
-                       _pointer(half32))
+                       _pointer(half32), int(fused is not None), int(layer.act_min >= layer.output_zero_point),
+                       None if fused is None else _pointer(fused))
+
+    def _fused(self, offset: np.ndarray, dot_bound: np.ndarray) -> np.ndarray | None:
+        """requant_fused's constants (_kernels.c), per block of 16 channels in even-then-odd lane order:
+        add (lift 0), add (lift 128), below, fix, shift; None where its bounds fail: a left shift, an
+        accumulator that could leave int32 (TFLite would overflow: the int64 path checks), or a numerator
+        that could leave int64."""
+        if self.left.any():
+            return None
+        zero = self.layer.output_zero_point
+        rows = [[] for _ in range(5)]
+        for o, m, r, d in zip(offset.tolist(), self.mult.tolist(), self.right.tolist(), dot_bound.tolist()):
+            if d + abs(o) > _INT32_LIMIT:
+                return None
+            base = o * m + 2 ** 30 + (2 ** (r - 1) << 31 if r else 0)
+            adds = [base + (zero + lift) * 2 ** (31 + r) for lift in (0, 128)]
+            if max(abs(a) for a in adds) + d * m >= 2 ** 63:
+                return None
+            for row, value in zip(rows, adds + [-(o * m + 2 ** 30), 2 ** 31 if r else 0, 31 + r]):
+                row.append(value)
+        lanes = np.concatenate([np.arange(0, 16, 2), np.arange(1, 16, 2)])
+        table = np.array(rows, dtype=np.int64).reshape(5, -1, 16)[:, :, lanes]  # (5, blocks, 16)
+        return np.ascontiguousarray(table.transpose(1, 0, 2))
 
 
 class _Conv:
@@ -212,7 +238,7 @@ class _Conv:
             # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w
             self.w_vnni = _blocks(padded, 4, np.int8)
             offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
-            self.q_vnni = requants.make(offset, fast32)
+            self.q_vnni = requants.make(offset, fast32, dot_bound=255 * abs_columns)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
         self.requants = requants  # owns the arrays the Requant structs point at
