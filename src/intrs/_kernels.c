@@ -288,15 +288,11 @@ INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const lanes_t *c) {
     return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
 }
 
-/* 16 output channels starting at o of one output pixel: int32 dot products -> int8 (or, lift = 128, the u8
- * y + 128 that the next VNNI layer reads); f holds the fused constants when q->fused, c the int32-lane ones
- * when q->fast32 (and the bounds when either). */
-INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, const fused_t *f, int o,
-                                       int lift, __mmask8 *bad) {
-    if (q->fused) {
-        __m512i v = requant_fused(dot, f, q->relu);
-        return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
-    }
+/* 16 output channels starting at o of one output pixel, where the fused epilogue doesn't apply: int32 dot
+ * products -> int8 (or, lift = 128, the u8 y + 128 that the next VNNI layer reads); c holds the int32-lane
+ * constants when q->fast32. */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, int lift,
+                                       __mmask8 *bad) {
     if (q->fast32) return finish16_32(requant16(_mm512_add_epi32(dot, c->offset), c), c);
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
@@ -352,19 +348,31 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, cons
     for (int k = 0; k < NB; k++) {
         int rest = s->cout - o - 16 * k;
         __mmask16 keep = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
-        lanes_t c;
-        fused_t f;
-        if (q->fused) {
-            f = fused_at(q, o + 16 * k, out->lift);
-            c.act_min = _mm512_set1_epi32((int32_t)(q->act_min + out->lift));
-            c.act_max = _mm512_set1_epi32((int32_t)(q->act_max + out->lift));
-        } else if (q->fast32) {
-            c = lanes_at(q, o + 16 * k, out->lift);
-        }
         int8_t *at = out->base + oy * out->row + (int64_t)ox0 * out->pixel + o + 16 * k;
-        for (int t = 0; t < T; t++)
-            _mm_mask_storeu_epi8(at + (int64_t)t * out->pixel, keep,
-                                 epilogue16(acc[k][t], q, &c, &f, o + 16 * k, out->lift, bad));
+        const int64_t step = out->pixel;
+        /* the epilogue's form chosen once per tile, so that each loop below unrolls with its
+         * accumulators in registers */
+        if (q->fused) {
+            const fused_t f = fused_at(q, o + 16 * k, out->lift);
+            const __m512i lo = _mm512_set1_epi32((int32_t)(q->act_min + out->lift));
+            const __m512i hi = _mm512_set1_epi32((int32_t)(q->act_max + out->lift));
+#define FUSED_STORES(RELU)                                                                               \
+    _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {                                               \
+        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(acc[k][t], &f, RELU), lo), hi);     \
+        _mm_mask_storeu_epi8(at + t * step, keep, _mm512_cvtepi32_epi8(v));                             \
+    }
+            if (q->relu) {
+                FUSED_STORES(1)
+            } else {
+                FUSED_STORES(0)
+            }
+#undef FUSED_STORES
+        } else {
+            lanes_t c;
+            if (q->fast32) c = lanes_at(q, o + 16 * k, out->lift);
+            for (int t = 0; t < T; t++)
+                _mm_mask_storeu_epi8(at + t * step, keep, epilogue16(acc[k][t], q, &c, o + 16 * k, out->lift, bad));
+        }
     }
 }
 
