@@ -425,8 +425,10 @@ class Plan:
 
     def run(self, lib, z: torch.Tensor) -> torch.Tensor | None:
         """int8 logits (N, classes) of an NCHW integer batch, or None where the reference must decide."""
-        x = z.to(torch.int32).permute(0, 2, 3, 1).contiguous()
-        values = x.numpy()  # numpy's single-threaded reductions: torch's took milliseconds under load
+        # numpy, single-threaded: torch's parallel copies and reductions leave OpenMP threads spinning on
+        # the cores the kernels' threads need
+        values = np.ascontiguousarray(z.numpy().astype(np.int32, copy=False).transpose(0, 2, 3, 1))
+        x = torch.from_numpy(values)
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
         program = self.program(tuple(x.shape[1:]), low, high, INSTRUCTION_SETS[lib.intrs_set_isa(_requested_level)])
         out = None if program is None else program(lib, x)
