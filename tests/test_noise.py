@@ -94,3 +94,33 @@ def test_discrete_noise_is_added_to_integer_pixels_without_clipping():
     assert z.dtype == torch.int32 and z.shape == (500, 1, 8, 8)
     assert int(z.max()) > 255 + 255 and int(z.min()) < 0  # the lattice is unbounded
     assert abs(float(z.float().mean()) - 250) < 3
+
+
+@pytest.mark.parametrize("engine", ["auto", "reference"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_draws_do_not_depend_on_how_many_threads_make_them(monkeypatch, threads, engine):
+    """Pieces of the word stream drawn at once (PCG64 jumped ahead) give one random_raw call's draws,
+    leave the generator where that call leaves it, and the pixel offsets land on every copy."""
+    import intrs.noise as noise_module
+
+    from intrs import kernels
+
+    monkeypatch.setenv(kernels.ENGINE_ENV, engine)  # reference: numpy's search instead of the compiled one
+    law, pixels = DiscreteGaussianNoise(0.5), torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.setattr(noise_module, "PIECE_WORDS", 60)
+        monkeypatch.setattr(noise_module, "CACHED_WORDS", 600)
+        pieced_generator = law.generator(7)
+        assert len(noise_module.word_streams(law.generator(7), 301 * 60, 60)) > 2
+        pieced = law.perturb(pixels, 301, pieced_generator)
+    finally:
+        torch.set_num_threads(before)
+    whole_generator = law.generator(7)
+    words = whole_generator.bit_generator.random_raw(301 * 60)
+    table = law.table
+    index = np.minimum(np.searchsorted(table.high, words, side="right"), len(table.values) - 1)
+    want = table.values[index].reshape(301, 3, 4, 5) + pixels.numpy().astype(np.int32)
+    assert np.array_equal(pieced.numpy(), want)
+    assert pieced_generator.bit_generator.random_raw(3).tolist() == whole_generator.bit_generator.random_raw(3).tolist()

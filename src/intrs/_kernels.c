@@ -402,6 +402,14 @@ INTRS_AVX512 static void tile_dispatch(int WIDE, int NB, int T, const uint8_t *u
     if (!WIDE && (T == 16 || T == 14 || T == 8 || T == 7)) {
         TILE_FIXED(16, 16) TILE_FIXED(32, 32) TILE_FIXED(64, 64) TILE_FIXED(16, 32) TILE_FIXED(32, 64)
     }
+    /* the first layer of 1- and 3-channel images (int16 pairs: 4 and 8 bytes a pixel), stride 1 */
+    if (WIDE && (T == 16 || T == 14) && (pixel == 4 || pixel == 8) && s->sw == 1) {
+        if (pixel == 4 && T == 16) tile(1, 1, 16, 4, 4, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);
+        if (pixel == 4 && T == 14) tile(1, 1, 14, 4, 4, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);
+        if (pixel == 8 && T == 16) tile(1, 1, 16, 8, 8, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);
+        if (pixel == 8 && T == 14) tile(1, 1, 14, 8, 8, u, wp, pixel, s, oy, ox0, w, block, q, o, out, bad);
+        return;
+    }
     switch (T) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7)
         TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14)
@@ -506,8 +514,9 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
         for (int oy = 0; oy < s->oh; oy++)
             for (int o = 0; o < s->cout; o += 16) {
                 const int8_t *wb = (const int8_t *)w + (o / 16) * block;
-                for (int ox0 = 0; ox0 < s->ow; ox0 += MAX_TILE_TWO_BLOCKS) {
-                    int T = s->ow - ox0 < MAX_TILE_TWO_BLOCKS ? s->ow - ox0 : MAX_TILE_TWO_BLOCKS;
+                const int width = tile_width(s->ow, 1);
+                for (int ox0 = 0; ox0 < s->ow; ox0 += width) {
+                    int T = s->ow - ox0 < width ? s->ow - ox0 : width;
                     tile_dispatch(1, 1, T, (const uint8_t *)u, wp, pixel, s, oy, ox0, wb, block, q, o, &out, &bad);
                 }
             }
@@ -900,22 +909,26 @@ int intrs_pool(const int8_t *x, int n, int h, int w, int c, int kh, int kw, int 
 }
 
 /* Inverse-CDF draws from a table of 128-bit thresholds, by their high 64-bit words (intrs.noise.TableSampler).
- * out[i] = values[min(j, size - 1)], j the number of high words <= words[i] (numpy's searchsorted, side
- * "right"); guide[b] is the number of high words below b * 2^(64 - guide_bits), where the scan starts, so
- * a draw costs one or two comparisons. tie[i] marks a word equal to a high word: the caller settles those
- * with a second random word, as the sampler defines. Returns the number of ties. */
+ * out[i] = values[min(j, size - 1)] + offsets[i % period] (no offset when offsets is null), j the number of
+ * high words <= words[i] (numpy's searchsorted, side "right"); guide[b] is the number of high words below
+ * b * 2^(64 - guide_bits), where the scan starts, so a draw costs one or two comparisons. tie[i] marks a
+ * word equal to a high word: the caller settles those with a second random word, as the sampler defines.
+ * count is a multiple of period. Returns the number of ties. */
 int64_t intrs_table_draw(const uint64_t *high, int64_t size, const int32_t *guide, int guide_bits,
-                         const int32_t *values, const uint64_t *words, int64_t count, int32_t *out, uint8_t *tie) {
+                         const int32_t *values, const uint64_t *words, int64_t count, int32_t *out, uint8_t *tie,
+                         const int32_t *offsets, int64_t period) {
     int64_t ties = 0;
-    for (int64_t i = 0; i < count; i++) {
-        uint64_t word = words[i];
-        int64_t j = guide[word >> (64 - guide_bits)];
-        uint8_t equal = 0;
-        while (j < size && high[j] <= word) equal |= high[j++] == word;
-        out[i] = values[j < size ? j : size - 1];
-        tie[i] = equal;
-        ties += equal;
-    }
+    for (int64_t start = 0; start < count; start += period)
+        for (int64_t k = 0; k < period && start + k < count; k++) {
+            const int64_t i = start + k;
+            uint64_t word = words[i];
+            int64_t j = guide[word >> (64 - guide_bits)];
+            uint8_t equal = 0;
+            while (j < size && high[j] <= word) equal |= high[j++] == word;
+            out[i] = values[j < size ? j : size - 1] + (offsets ? offsets[k] : 0);
+            tie[i] = equal;
+            ties += equal;
+        }
     return ties;
 }
 

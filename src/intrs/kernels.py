@@ -89,7 +89,8 @@ def library() -> ctypes.CDLL | None:
         lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
         lib.intrs_run.argtypes = [pointer, integer, pointer, integer, pointer, integer, int64, integer, int64, pointer]
         lib.intrs_set_isa.argtypes = [integer]
-        lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer]
+        lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer,
+                                         pointer, int64]
         lib.intrs_table_draw.restype = int64
         lib.intrs_add_rescale.argtypes = [pointer, int64, int64, int64, int64, pointer]
         return lib
@@ -121,17 +122,38 @@ def set_instruction_set(name: str) -> str:
     return instruction_set()
 
 
-def table_draw(high: np.ndarray, guide: np.ndarray, guide_bits: int, values: np.ndarray,
-               words: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Table-sampler draws for 64-bit ``words`` and the mask of words equal to a threshold's high word
-    (see ``intrs.noise.TableSampler``), or None without the compiled kernels."""
+def table_draw(high: np.ndarray, guide: np.ndarray, guide_bits: int, values: np.ndarray, words: np.ndarray,
+               out: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray | None:
+    """Table-sampler draws for 64-bit ``words`` into the int32 array ``out`` (plus ``offsets``, an int32
+    array repeated along them), returning the mask of words equal to a threshold's high word (see
+    ``intrs.noise.TableSampler``); None without the compiled kernels."""
     if not available():
         return None
-    out = np.empty(words.shape, dtype=np.int32)
     tie = np.empty(words.shape, dtype=np.uint8)
+    period = len(offsets) if offsets is not None else max(1, words.size)
     library().intrs_table_draw(_pointer(high), len(high), _pointer(guide), guide_bits, _pointer(values),
-                               _pointer(words), words.size, _pointer(out), _pointer(tie))
-    return out, tie.view(bool)
+                               _pointer(words), words.size, _pointer(out), _pointer(tie),
+                               None if offsets is None else _pointer(offsets), period)
+    return tie.view(bool)
+
+
+def thread_count() -> int:
+    """The kernels' threads: torch's intra-op setting (``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def parallel_map(function, items: list) -> list:
+    """``function`` over ``items`` on the kernels' threads (ctypes and numpy's random_raw release the GIL)."""
+    global _pool
+    threads = min(thread_count(), len(items))
+    if threads <= 1:
+        return [function(item) for item in items]
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="intrs-kernels")
+    return list(_pool.map(function, items))
 
 
 def _pointer(array) -> int:
@@ -230,7 +252,9 @@ class _Conv:
         self.w_pairs = _blocks(padded, 2, np.int16)
         if wide_input:
             # whether |acc| <= 2^30 depends on the batch
-            self.q_pairs = {fast: requants.make(bias, fast) for fast in (False, True)}
+            # (the fast variant serves batches with |acc| <= 2^30, so |dot| <= 2^30 for the fused epilogue)
+            self.q_pairs = {False: requants.make(bias, False),
+                            True: requants.make(bias, True, dot_bound=np.full(self.cout_pad, 2 ** 30))}
         else:
             # int8 inputs: |acc| <= 255 sum|w| + |b|, within 2^30 the epilogue runs in int32 lanes
             fast32 = int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30
@@ -437,9 +461,6 @@ class Plan:
         return out.reshape(out.shape[0], -1) if out.shape[1] * out.shape[2] == 1 else out.permute(0, 3, 1, 2)
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
 _plans: dict[int, Plan] = {}  # by id(model), dropped with the model: the model itself stays picklable
 
 
@@ -453,7 +474,6 @@ def _plan(model: IntegerModel) -> Plan:
 
 def forward(model: IntegerModel, z: torch.Tensor) -> torch.Tensor | None:
     """The compiled forward pass of a checked input batch, or None where the reference engine must run it."""
-    global _pool
     if not available():
         return None
     lib = library()
@@ -462,14 +482,8 @@ def forward(model: IntegerModel, z: torch.Tensor) -> torch.Tensor | None:
     if not plan.supported:
         return None
     # pieces of about CHUNK images, as many for every thread: equal work, no thread left waiting
-    threads = max(1, torch.get_num_threads())
+    threads = thread_count()
     pieces = threads * max(1, -(-len(z) // (threads * max(1, CHUNK))))
     chunks = [chunk for chunk in torch.tensor_split(z, pieces) if len(chunk)]
-    threads = min(threads, len(chunks))
-    if threads <= 1:
-        parts = [plan.run(lib, chunk) for chunk in chunks]
-    else:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="intrs-kernels")
-        parts = list(_pool.map(lambda chunk: plan.run(lib, chunk), chunks))
+    parts = parallel_map(lambda chunk: plan.run(lib, chunk), chunks)
     return None if any(part is None for part in parts) else torch.cat(parts)
