@@ -491,6 +491,15 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
     __mmask8 bad = 0;
     int8_t *first = out.base;
     const __m512i zero_point = _mm512_set1_epi32((int32_t)s->input_zero_point);
+    /* odd cin: lane j of a step takes value (j / cin2) cin + j % cin2 of the source run, or 0 (the pad channel) */
+    int32_t lanes[16];
+    __mmask16 spread_keep = 0;
+    for (int j = 0; j < 16; j++) {
+        lanes[j] = (j / cin2) * s->cin + j % cin2;
+        if (j % cin2 < s->cin && lanes[j] < 16) spread_keep |= (__mmask16)(1u << j);
+        if (lanes[j] > 15) lanes[j] = 0;
+    }
+    const __m512i spread = _mm512_loadu_si512(lanes);
     for (int b = 0; b < s->n; b++) {
         memset(u, 0, (size_t)hp * wp * pixel);
         const int32_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
@@ -503,6 +512,15 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
                     __mmask16 m = len - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - i)) - 1);
                     __m512i v = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, src + i), zero_point);
                     _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(v));
+                }
+            } else if (16 % cin2 == 0) { /* odd cin (1, 3, 7, 15): 16 / cin2 pixels per step, each a zero last */
+                const int per = 16 / cin2;
+                for (int x0 = 0; x0 < s->w; x0 += per) {
+                    const int n = s->w - x0 < per ? s->w - x0 : per;
+                    __m512i v = _mm512_maskz_loadu_epi32((__mmask16)((1u << (n * s->cin)) - 1), src + x0 * s->cin);
+                    v = _mm512_maskz_permutexvar_epi32(spread_keep, spread, _mm512_sub_epi32(v, zero_point));
+                    _mm256_mask_storeu_epi16(dst + x0 * cin2, (__mmask16)((1u << (n * cin2)) - 1),
+                                             _mm512_cvtepi32_epi16(v));
                 }
             } else {
                 for (int ix = 0; ix < s->w; ix++)
