@@ -41,7 +41,7 @@
 #define MAX_TILE 16
 #define MAX_TILE_TWO_BLOCKS 14
 
-int intrs_kernels_abi(void) { return 1; }
+int intrs_kernels_abi(void) { return 2; }
 
 /* The instruction sets, best last; -1: not chosen yet. */
 #define ISA_PORTABLE 0

@@ -29,7 +29,7 @@ import torch
 from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off
-_ABI = 1
+_ABI = 2
 _INT32_LIMIT = 2 ** 31 - 1
 # Images per piece of work, split evenly over the threads. Smaller pieces keep activations in cache but
 # pay the per-layer Python call more often; on ResNet-20 28x28 (2 threads, batches 400 and 1000) 128 beat
