@@ -22,7 +22,9 @@ fi
 # Reinstall only when the package's requirements or its compiled kernels changed.
 stamp=.venv/.intrs-installed
 want=$(cat pyproject.toml setup.py src/intrs/_kernels.c | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+compiler=$(command -v cc || command -v gcc || true)
+built=$(ls src/intrs/_kernels*.so 2> /dev/null || true)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || { [ -n "$compiler" ] && [ -z "$built" ]; }; then
   echo "setup: installing intrs and its dependencies into .venv" >&2
   # a kernels library left by an earlier build would hide a failed one (the extension is optional); no stamp
   # until this install succeeds, so that a failed one is tried again
@@ -31,7 +33,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     cat .venv/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1
   fi
   .venv/bin/python -c 'import intrs, torch, scipy, pytest'
-  if command -v cc > /dev/null || command -v gcc > /dev/null; then
+  if [ -n "$compiler" ]; then
     if ! .venv/bin/python -c 'import sys; from intrs import kernels; sys.exit(kernels.library() is None)'; then
       grep -B2 -A8 "error" .venv/pip.log >&2 || true
       echo "setup: a C compiler is here but the compiled kernels did not build (.venv/pip.log)" >&2; exit 1
