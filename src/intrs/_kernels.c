@@ -12,7 +12,11 @@
  * removed with the weights' column sums, exactly), AVX2 (vpmaddwd on int16 pairs) and portable C.
  * MultiplyByQuantizedMultiplier is gemmlowp's double rounding in the fused form that
  * engine.requantize documents: floor((a M0 + 2^30) / 2^31), then division by 2^right
- * rounding half away from zero, every step in int64 lanes.
+ * rounding half away from zero; on VNNI both roundings merge into one 64-bit floor
+ * (requant_fused), elsewhere each step runs in int32 or int64 lanes.
+ *
+ * A whole network runs as a program (intrs_run): its ops over per-image slots, one image
+ * through every layer at a time.
  *
  * Called through ctypes (no Python API): each function returns 0, or a nonzero error
  * code when a value leaves int32 where TFLite's int32 arithmetic would overflow (the

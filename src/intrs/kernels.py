@@ -9,9 +9,10 @@ not cover, for the rare batch whose accumulators could leave int32 (the
 reference then raises its error), and when ``INTRS_ENGINE=reference`` is set.
 
 A model is prepared once (weights packed for vpdpbusd, per-channel
-requantization constants) and the batch is split across
-``torch.get_num_threads()`` threads; ctypes releases the GIL during each call.
-Every array here is an integer array.
+requantization constants) and compiled into a network program per input shape
+(``Plan``): one C call per thread runs its piece of the batch image by image
+through every layer (``torch.get_num_threads()`` threads; ctypes releases the
+GIL during each call). Every array here is an integer array.
 """
 
 from __future__ import annotations
