@@ -87,8 +87,9 @@ typedef struct {
     const int64_t *half;     /* 2^right / 2 (0 when right == 0) */
     int64_t zero_point, act_min, act_max;
     int any_left;
-    /* fast32: every accumulator provably within +-2^30 and no left shift, so the whole requantization
-     * runs in 16 int32 lanes (the int32 copies below); otherwise the int64 lanes above with checks */
+    /* fast32 (AVX2): every accumulator provably within +-2^30 and no left shift, so the whole requantization
+     * runs in int32 lanes (the int32 copies below; mult32 serves the fused form too); otherwise the int64
+     * lanes above with checks */
     int fast32;
     const int32_t *offset32, *mult32, *right32, *half32;
     /* fused (VNNI): every accumulator provably within int32, no left shift, and requant_fused's bounds hold;
@@ -228,12 +229,6 @@ INTRS_AVX512 INLINE lanes_t lanes_of(__m512i offset, __m512i mult, __m512i right
     return c;
 }
 
-INTRS_AVX512 INLINE lanes_t lanes_at(const requant_t *q, int o, int lift) {
-    return lanes_of(_mm512_loadu_si512(q->offset32 + o), _mm512_loadu_si512(q->mult32 + o),
-                    _mm512_loadu_si512(q->right32 + o), _mm512_loadu_si512(q->half32 + o), q->zero_point + lift,
-                    q->act_min + lift, q->act_max + lift);
-}
-
 /* MultiplyByQuantizedMultiplier of 16 int32 lanes x, from 64-bit products in one rounding:
  *   floor((x M0 + add - fix [x M0 < below]) / 2^shift)
  * With add = 2^30 + 2^(r-1) 2^31 + z 2^(31+r), fix = 2^31 and below = -2^30 (r = right shift > 0; add =
@@ -292,12 +287,10 @@ INTRS_AVX512 INLINE __m128i finish16_32(__m512i v, const lanes_t *c) {
     return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, c->act_min), c->act_max));
 }
 
-/* 16 output channels starting at o of one output pixel, where the fused epilogue doesn't apply: int32 dot
- * products -> int8 (or, lift = 128, the u8 y + 128 that the next VNNI layer reads); c holds the int32-lane
- * constants when q->fast32. */
-INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, const lanes_t *c, int o, int lift,
-                                       __mmask8 *bad) {
-    if (q->fast32) return finish16_32(requant16(_mm512_add_epi32(dot, c->offset), c), c);
+/* 16 output channels starting at o of one output pixel, where the fused epilogue doesn't apply (a left
+ * shift, or accumulators that could leave int32): int32 dot products -> int8 (or, lift = 128, the u8 y + 128
+ * that the next VNNI layer reads) in int64 lanes, with TFLite's int32 overflow checks. */
+INTRS_AVX512 INLINE __m128i epilogue16(__m512i dot, const requant_t *q, int o, int lift, __mmask8 *bad) {
     __m512i r[2];
     for (int h = 0; h < 2; h++) {
         __m512i d = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(dot, 1) : _mm512_castsi512_si256(dot));
@@ -372,10 +365,8 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, cons
             }
 #undef FUSED_STORES
         } else {
-            lanes_t c;
-            if (q->fast32) c = lanes_at(q, o + 16 * k, out->lift);
             for (int t = 0; t < T; t++)
-                _mm_mask_storeu_epi8(at + t * step, keep, epilogue16(acc[k][t], q, &c, o + 16 * k, out->lift, bad));
+                _mm_mask_storeu_epi8(at + t * step, keep, epilogue16(acc[k][t], q, o + 16 * k, out->lift, bad));
         }
     }
 }

@@ -259,7 +259,8 @@ class _Conv:
             # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w
             self.w_vnni = _blocks(padded, 4, np.int8)
             offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
-            self.q_vnni = requants.make(offset, fast32, dot_bound=255 * abs_columns)
+            # the VNNI epilogue: the fused form where its bounds hold, else int64 lanes (no int32-lane form)
+            self.q_vnni = requants.make(offset, False, dot_bound=255 * abs_columns)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
         self.requants = requants  # owns the arrays the Requant structs point at
