@@ -353,15 +353,19 @@ INTRS_AVX512 INLINE void tile(int WIDE, int NB, int T, int PIXEL, int STEP, cons
             const fused_t f = fused_at(q, o + 16 * k, out->lift);
             const __m512i lo = _mm512_set1_epi32((int32_t)(q->act_min + out->lift));
             const __m512i hi = _mm512_set1_epi32((int32_t)(q->act_max + out->lift));
-#define FUSED_STORES(RELU)                                                                               \
+            /* an upper bound of 127 is the pack's own saturation (unsigned to 255 once lifted) */
+#define FUSED_STORES(RELU, PACK)                                                                         \
     _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {                                               \
-        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(acc[k][t], &f, RELU), lo), hi);     \
-        _mm_mask_storeu_epi8(at + t * step, keep, _mm512_cvtepi32_epi8(v));                             \
+        __m512i v = _mm512_max_epi32(requant_fused(acc[k][t], &f, RELU), lo);                            \
+        _mm_mask_storeu_epi8(at + t * step, keep, PACK);                                                 \
     }
-            if (q->relu) {
-                FUSED_STORES(1)
+            if (q->act_max == 127 && out->lift) {
+                if (q->relu) FUSED_STORES(1, _mm512_cvtusepi32_epi8(v)) else FUSED_STORES(0, _mm512_cvtusepi32_epi8(v))
+            } else if (q->act_max == 127) {
+                if (q->relu) FUSED_STORES(1, _mm512_cvtsepi32_epi8(v)) else FUSED_STORES(0, _mm512_cvtsepi32_epi8(v))
             } else {
-                FUSED_STORES(0)
+                if (q->relu) FUSED_STORES(1, _mm512_cvtepi32_epi8(_mm512_min_epi32(v, hi)))
+                else FUSED_STORES(0, _mm512_cvtepi32_epi8(_mm512_min_epi32(v, hi)))
             }
 #undef FUSED_STORES
         } else {
