@@ -42,11 +42,14 @@ def _conv(rng, name, inputs, cin, cout, k, stride, in_zero, shifts=(-14, 1)):
     pad = k // 2
     out_zero = int(rng.integers(-128, 128))
     relu = bool(rng.integers(2))
+    act_min = out_zero if relu else -128
+    # a third of the layers clamp below 127 (as ReLU6 does): the kernels' packs saturate at 127 themselves
+    act_max = int(rng.integers(act_min, 128)) if rng.integers(3) == 0 else 127
     return ConvLayer(name, "conv2d", inputs, name, rng.integers(-127, 128, size=(cout, cin, k, k)).astype(np.int8),
                      rng.integers(-20000, 20000, size=cout).astype(np.int32),
                      rng.integers(1 << 30, 1 << 31, size=cout, dtype=np.int64).astype(np.int32),
                      rng.integers(*shifts, size=cout, endpoint=True).astype(np.int32), (stride, stride), (pad, pad),
-                     in_zero, out_zero, out_zero if relu else -128, 127, 1.0, 1.0, np.ones(cout, np.float32), relu)
+                     in_zero, out_zero, act_min, act_max, 1.0, 1.0, np.ones(cout, np.float32), relu)
 
 
 def _add(rng, name, a: ConvLayer, b: ConvLayer):
