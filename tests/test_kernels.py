@@ -210,3 +210,16 @@ def test_compiled_add_input_rescaling_equals_the_reference(isa, seed):
         assert kernels.library().intrs_add_rescale(x.data_ptr(), 256, zero, m, shift, out.data_ptr()) == 0
         want = engine.requantize((x.to(torch.int64) - zero) << engine.ADD_LEFT_SHIFT, m, shift)
         assert torch.equal(out.to(torch.int64), want), (m, shift, zero)
+
+
+def test_a_program_keeps_alive_what_its_ops_point_at(isa):
+    """The C ops hold raw addresses of packed weights and constants: a program must outlive its plan."""
+    import gc
+
+    model = random_model(8, 3, 16, 8, "global", False)
+    z = torch.from_numpy(np.random.default_rng(8).integers(-300, 600, size=(5, 3, 8, 8)).astype(np.int32))
+    x = z.permute(0, 2, 3, 1).contiguous()
+    program = kernels.Plan(model).program(tuple(x.shape[1:]), int(z.min()), int(z.max()), isa)
+    gc.collect()
+    got = program(kernels.library(), x)
+    assert got is not None and torch.equal(got.reshape(5, -1), engine.reference_forward(model, z).reshape(5, -1))

@@ -349,7 +349,9 @@ class _Flatten:
 class _Program:
     """A model's layers as one C call: ops over slots (one image's buffers, reused once a tensor is dead)."""
 
-    def __init__(self, ops: list[Op], slot_bytes: list[int], output: int, output_shape: tuple[int, int, int]):
+    def __init__(self, ops: list[Op], slot_bytes: list[int], output: int, output_shape: tuple[int, int, int],
+                 steps: list):
+        self.steps = steps  # the ops point into their packed weights and constants: they live as long as this
         self.ops = (Op * len(ops))(*ops)
         self.slot_bytes = np.array(slot_bytes, dtype=np.int64)
         self.output, self.output_shape = output, output_shape
@@ -419,7 +421,7 @@ class Plan:
             slot_of[layer.output] = out
             free += [slot for name, slot in zip(layer.inputs, slots)
                      if slot and last_use[name] == i and name != self.output_name and slot not in free]
-        return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name])
+        return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name], self.steps)
 
     def _layouts(self, ops: list[Op], shapes: dict, vnni: bool) -> dict[str, Layout]:
         """Plain int8 NHWC everywhere, except, on VNNI, the tensors that a convolution or an ADD writes for
