@@ -213,19 +213,21 @@ INTRS_AVX512 INLINE __m128i finish16(__m512i a, __m512i b, const requant_t *q, i
     return _mm512_cvtepi32_epi8(both);
 }
 
-/* The int32-lane requantization constants of 16 outputs, loaded once per tile. */
+/* The int32-lane requantization constants of one multiplier M0 and shift <= 0 on 16 lanes (ADD's
+ * rescalings where the fused forms' bounds fail). */
 typedef struct {
-    __m512i offset, mult, mult_odd, right, half, zero_point, act_min, act_max;
+    __m512i mult, mult_odd, right, half, zero_point, act_min, act_max;
     __mmask16 rounds; /* lanes with a right shift */
 } lanes_t;
 
-INTRS_AVX512 INLINE lanes_t lanes_of(__m512i offset, __m512i mult, __m512i right, __m512i half, int64_t zero_point,
-                                     int64_t act_min, int64_t act_max) {
+INTRS_AVX512 INLINE lanes_t lanes_of(int64_t mult, int64_t shift, int64_t zero_point, int64_t act_min,
+                                     int64_t act_max) {
     lanes_t c;
-    c.offset = offset, c.mult = mult, c.mult_odd = _mm512_srli_epi64(mult, 32), c.right = right, c.half = half;
+    c.mult = _mm512_set1_epi32((int32_t)mult), c.mult_odd = _mm512_srli_epi64(c.mult, 32);
+    c.right = _mm512_set1_epi32((int32_t)-shift), c.half = _mm512_set1_epi32((int32_t)(((int64_t)1 << -shift) >> 1));
     c.zero_point = _mm512_set1_epi32((int32_t)zero_point);
     c.act_min = _mm512_set1_epi32((int32_t)act_min), c.act_max = _mm512_set1_epi32((int32_t)act_max);
-    c.rounds = _mm512_cmpgt_epi32_mask(right, _mm512_setzero_si512());
+    c.rounds = _mm512_cmpgt_epi32_mask(c.right, _mm512_setzero_si512());
     return c;
 }
 
@@ -443,9 +445,10 @@ INTRS_AVX512 static void conv_image_s8_vnni(const uint8_t *u, int wp, int pixel,
         }
 }
 
-/* int8 NHWC convolution of s->n images through vpdpbusd, image b written to out shifted by b image_bytes. */
+/* int8 NHWC convolution of s->n images through vpdpbusd; image b is written to out shifted by b images of
+ * out.row * oh bytes (a framed output holds one image). */
 INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q,
-                                     out_t out, int64_t image_bytes) {
+                                     out_t out) {
     const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
     uint8_t *u = (uint8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
     if (!u) return ERR_MEMORY;
@@ -470,7 +473,7 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
                     for (int c = 0; c < s->cin; c++) dst[ix * cin4 + c] = (uint8_t)(src[ix * s->cin + c] ^ 0x80);
             }
         }
-        out.base = first + b * image_bytes;
+        out.base = first + b * out.row * s->oh;
         conv_image_s8_vnni(u, wp, cin4, s, w, q, &out, &bad);
     }
     free(u);
@@ -479,10 +482,10 @@ INTRS_AVX512 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, con
 
 /* The first layer: int32 inputs with |x - z_in| < 2^15 as int16 pairs through vpdpwssd (the caller checks
  * that range, and |x - z_in| sum|w| < 2^31 so the int32 sums are exact). The padded image holds x - z_in
- * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. Image b is written to out shifted by b
- * image_bytes. */
+ * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. Images follow each other in out as
+ * in conv_s8_vnni. */
 INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, const int16_t *w, const requant_t *q,
-                                      out_t out, int64_t image_bytes) {
+                                      out_t out) {
     const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw, pixel = 2 * cin2;
     const int64_t block = (int64_t)s->kh * s->kw * pixel * 16;
     int16_t *u = (int16_t *)aligned_alloc(64, ((size_t)hp * wp * pixel + 63) & ~(size_t)63);
@@ -527,7 +530,7 @@ INTRS_AVX512 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, c
                         dst[ix * cin2 + c] = (int16_t)(src[ix * s->cin + c] - s->input_zero_point);
             }
         }
-        out.base = first + b * image_bytes;
+        out.base = first + b * out.row * s->oh;
         for (int oy = 0; oy < s->oh; oy++)
             for (int o = 0; o < s->cout; o += 16) {
                 const int8_t *wb = (const int8_t *)w + (o / 16) * block;
@@ -623,13 +626,8 @@ INTRS_AVX512 static int add_avx512(const int8_t *a, const int8_t *b, int64_t cou
         if (lift_a || lift_b || lift_y) return ERR_OVERFLOW; /* the reference engine decides */
         return add_portable(a, b, count, p, y);
     }
-    const __m512i zero = _mm512_setzero_si512();
-#define ADD_LANES(M, SHIFT, ZP, MIN, MAX)                                                                   \
-    lanes_of(zero, _mm512_set1_epi32((int32_t)(M)), _mm512_set1_epi32((int32_t)-(SHIFT)),                  \
-             _mm512_set1_epi32((int32_t)(((int64_t)1 << -(SHIFT)) >> 1)), ZP, MIN, MAX)
-    const lanes_t c1 = ADD_LANES(p[3], p[4], 0, 0, 0), c2 = ADD_LANES(p[5], p[6], 0, 0, 0);
-    const lanes_t co = ADD_LANES(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
-#undef ADD_LANES
+    const lanes_t c1 = lanes_of(p[3], p[4], 0, 0, 0), c2 = lanes_of(p[5], p[6], 0, 0, 0);
+    const lanes_t co = lanes_of(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
     const __m512i z1 = _mm512_set1_epi32((int32_t)(p[0] + lift_a)), z2 = _mm512_set1_epi32((int32_t)(p[1] + lift_b));
     for (int64_t i = 0; i < count; i += 16) {
         __mmask16 m = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
@@ -825,7 +823,7 @@ int intrs_conv_s8(const int8_t *x, const conv_shape_t *s, const int8_t *w_vnni, 
                   const int16_t *w_pairs, const requant_t *q_pairs, const int32_t *w_wide, const requant_t *q_wide,
                   int8_t *y) {
 #if INTRS_X86
-    if (isa() == ISA_VNNI) return conv_s8_vnni(x, s, w_vnni, q_vnni, plain_out(y, s), plain_out(y, s).row * s->oh);
+    if (isa() == ISA_VNNI) return conv_s8_vnni(x, s, w_vnni, q_vnni, plain_out(y, s));
     if (isa() == ISA_AVX2) return conv_pairs_avx2(x, 1, s, w_pairs, q_pairs, y);
 #endif
     (void)w_vnni, (void)q_vnni, (void)w_pairs, (void)q_pairs;
@@ -838,7 +836,7 @@ int intrs_conv_s32(const int32_t *x, const conv_shape_t *s, const int16_t *w_pai
                    const int32_t *w_wide, const requant_t *q_wide, int8_t *y) {
 #if INTRS_X86
     if (isa() == ISA_VNNI && w_pairs)
-        return conv_s16_vnni(x, s, w_pairs, q_pairs, plain_out(y, s), plain_out(y, s).row * s->oh);
+        return conv_s16_vnni(x, s, w_pairs, q_pairs, plain_out(y, s));
     if (isa() == ISA_AVX2 && w_pairs) return conv_pairs_avx2(x, 0, s, w_pairs, q_pairs, y);
 #endif
     (void)w_pairs, (void)q_pairs;
@@ -857,14 +855,13 @@ int intrs_add(const int8_t *a, const int8_t *b, int64_t count, const int64_t *pa
 /* The vector part of intrs_add_rescale: returns how many it did (a multiple of 16). */
 INTRS_AVX512 static int64_t add_rescale_avx512(const int8_t *x, int64_t count, int64_t z, int64_t mult,
                                                int64_t right, int32_t *out) {
-    lanes_t c = lanes_of(_mm512_setzero_si512(), _mm512_set1_epi32((int32_t)mult), _mm512_set1_epi32((int32_t)right),
-                         _mm512_set1_epi32((int32_t)(((int64_t)1 << right) >> 1)), 0, 0, 0);
+    const lanes_t c = lanes_of(mult, -right, 0, 0, 0);
     const add_input_t in = add_input_of(z, mult, -right);
     const __m512i za = _mm512_set1_epi32((int32_t)(z * (mult >> (11 + right))));
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
         __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
-        /* the form add_avx512 uses for these shifts */
+        /* the form add_avx512 uses for this input shift (when the output's shift admits the fused form) */
         v = right <= 10 ? _mm512_sub_epi32(add_input_fused(v, &in), za)
                         : add_input16(_mm512_sub_epi32(v, _mm512_set1_epi32((int32_t)z)), &c);
         _mm512_storeu_si512(out + i, v);
@@ -999,47 +996,33 @@ static void fill_frame(void *slot, const layout_t *l, int64_t zero_point) {
     }
 }
 
-/* A tensor as plain int8 NHWC (its interior, unlifted, c channels) in dst. */
-static void to_plain(void *slot, const layout_t *l, int8_t *dst) {
-    const char *src = interior(slot, l);
-    for (int y = 0; y < l->h; y++)
-        for (int x = 0; x < l->w; x++)
-            for (int k = 0; k < l->c; k++)
-                *dst++ = (int8_t)(src[y * layout_row(l) + (int64_t)x * l->pixel + k] ^ (l->lift ? 0x80 : 0));
-}
-
 INLINE int plain(const layout_t *l) { return !l->pad && !l->lift && l->pixel == l->c; }
 
 static int run_conv(const op_t *op, void *const *slot) {
     const layout_t *from = &op->from0, *to = &op->to;
     const conv_shape_t *s = &op->shape;
-    if (op->kind == OP_CONV_S8 && from->lift) { /* a VNNI program: the input lies ready for vpdpbusd */
 #if INTRS_X86
-        if (isa() != ISA_VNNI) return ERR_UNSUPPORTED;
-        const uint8_t *u = (const uint8_t *)interior(slot[op->in0], from) - s->ph * layout_row(from) -
-                           s->pw * from->pixel;
-        out_t out = {(int8_t *)interior(slot[op->out], to), layout_row(to), to->pixel, to->lift};
-        __mmask8 bad = 0;
-        conv_image_s8_vnni(u, from->w + 2 * from->pad, from->pixel, s, op->w_vnni, op->q_vnni, &out, &bad);
-        fill_frame(slot[op->out], to, op->q_vnni->zero_point);
-        return bad ? ERR_OVERFLOW : 0;
-#endif
-    }
-    if (!plain(from)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
-    if (!plain(to)) {
-#if INTRS_X86
+    if (from->lift || !plain(to)) { /* a VNNI program's layouts */
         if (isa() != ISA_VNNI || (op->kind == OP_CONV_S32 && !op->w_pairs)) return ERR_UNSUPPORTED;
-        /* a VNNI program's first layer or a layer after a plain one, writing the lifted layout */
+        const requant_t *q = op->kind == OP_CONV_S8 ? op->q_vnni : op->q_pairs;
         out_t out = {(int8_t *)interior(slot[op->out], to), layout_row(to), to->pixel, to->lift};
-        int err = op->kind == OP_CONV_S8
-                      ? conv_s8_vnni((const int8_t *)slot[op->in0], s, op->w_vnni, op->q_vnni, out, 0)
-                      : conv_s16_vnni((const int32_t *)slot[op->in0], s, op->w_pairs, op->q_pairs, out, 0);
-        fill_frame(slot[op->out], to, op->q_vnni ? op->q_vnni->zero_point : op->q_pairs->zero_point);
+        int err;
+        if (from->lift) { /* the input lies ready for vpdpbusd (only int8 tensors are lifted) */
+            const uint8_t *u = (const uint8_t *)interior(slot[op->in0], from) - s->ph * layout_row(from) -
+                               s->pw * from->pixel;
+            __mmask8 bad = 0;
+            conv_image_s8_vnni(u, from->w + 2 * from->pad, from->pixel, s, op->w_vnni, q, &out, &bad);
+            err = bad ? ERR_OVERFLOW : 0;
+        } else if (op->kind == OP_CONV_S8) { /* a plain input, lifted by a copy */
+            err = conv_s8_vnni((const int8_t *)slot[op->in0], s, op->w_vnni, q, out);
+        } else { /* the first layer */
+            err = conv_s16_vnni((const int32_t *)slot[op->in0], s, op->w_pairs, q, out);
+        }
+        fill_frame(slot[op->out], to, q->zero_point);
         return err;
-#else
-        return ERR_UNSUPPORTED;
-#endif
     }
+#endif
+    if (!plain(from) || !plain(to)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
     if (op->kind == OP_CONV_S8)
         return intrs_conv_s8((const int8_t *)slot[op->in0], s, op->w_vnni, op->q_vnni, op->w_pairs, op->q_pairs,
                              op->w_wide, op->q_wide, (int8_t *)slot[op->out]);
@@ -1070,30 +1053,20 @@ static int run_add(const op_t *op, void *const *slot) {
 #endif
 }
 
-/* Runs op on plain int8 input: a lifted or framed input is copied out first (pools and the flatten come
- * once, near the end of a network). */
+/* A pool or the flatten, on plain int8 tensors (the program compiler lifts only tensors that convolutions
+ * and ADDs alone read). */
 static int run_plain(const op_t *op, void *const *slot) {
     const layout_t *from = &op->from0;
     const int8_t *x = (const int8_t *)slot[op->in0];
-    int8_t *copy = NULL, *y = (int8_t *)slot[op->out];
+    int8_t *y = (int8_t *)slot[op->out];
     const int *p = op->pool;
-    if (!plain(&op->to)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
-    if (!plain(from)) {
-        copy = (int8_t *)malloc((size_t)from->h * from->w * from->c);
-        if (!copy) return ERR_MEMORY;
-        to_plain(slot[op->in0], from, copy);
-        x = copy;
-    }
-    int err = 0;
-    if (op->kind == OP_POOL) {
-        err = intrs_pool(x, 1, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
-                                      p[13], y);
-    } else {
-        for (int c = 0; c < from->c; c++)
-            for (int i = 0; i < from->h * from->w; i++) y[c * from->h * from->w + i] = x[i * from->c + c];
-    }
-    free(copy);
-    return err;
+    if (!plain(from) || !plain(&op->to)) return ERR_UNSUPPORTED; /* the program compiler never asks for this */
+    if (op->kind == OP_POOL)
+        return intrs_pool(x, 1, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                          p[13], y);
+    for (int c = 0; c < from->c; c++)
+        for (int i = 0; i < from->h * from->w; i++) y[c * from->h * from->w + i] = x[i * from->c + c];
+    return 0;
 }
 
 static int run_op(const op_t *op, void *const *slot) {

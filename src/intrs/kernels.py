@@ -454,7 +454,7 @@ class Plan:
         values = np.ascontiguousarray(z.numpy().astype(np.int32, copy=False).transpose(0, 2, 3, 1))
         x = torch.from_numpy(values)
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        program = self.program(tuple(x.shape[1:]), low, high, INSTRUCTION_SETS[lib.intrs_set_isa(_requested_level)])
+        program = self.program(tuple(x.shape[1:]), low, high, instruction_set())
         out = None if program is None else program(lib, x)
         if out is None:
             return None
@@ -477,7 +477,6 @@ def forward(model: IntegerModel, z: torch.Tensor) -> torch.Tensor | None:
     if not available():
         return None
     lib = library()
-    lib.intrs_set_isa(_requested_level)
     plan = _plan(model)
     if not plan.supported:
         return None
