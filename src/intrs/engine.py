@@ -220,7 +220,7 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 def check_input(model: IntegerModel, z) -> torch.Tensor:
     """The noisy integer input (N, C, H, W): saturated when the model records it, otherwise checked against
     the model's input range (no wrap-around)."""
-    z = torch.as_tensor(z)
+    z = torch.as_tensor(z).cpu()  # the engine runs on the CPU (and reads the batch through numpy)
     if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
         raise ConfigError(f"the integer engine takes integer inputs (pixel steps), got dtype {z.dtype}")
     if z.dim() != 4 or tuple(z.shape[1:]) != tuple(model.input_shape):
