@@ -1,11 +1,46 @@
-"""The compiled integer kernels (src/intrs/_kernels.c), loaded with ctypes by intrs.kernels.
+"""The compiled integer kernels (src/intrs/csrc/), one shared library loaded with ctypes by intrs.kernels.
 
-``optional=True``: where no C compiler is found the install still succeeds and
-intrs runs its pure-PyTorch reference engine. Instruction sets are chosen at run
-time (AVX-512 VNNI or portable C), so the library is not tied to the build CPU.
+Each instruction set's file is compiled with its own target flags and no other file is, so code built for
+instructions a CPU may lack lives only in those files, behind the tables that csrc/dispatch.c hands out at
+run time: the library is not tied to the build CPU. ``optional=True``: where no C compiler is found the
+install still succeeds and intrs runs its pure-PyTorch reference engine.
 """
 
-from setuptools import Extension, setup
+import platform
+from pathlib import Path
 
-setup(ext_modules=[Extension("intrs._kernels", sources=["src/intrs/_kernels.c"], optional=True,
-                             extra_compile_args=["-O3", "-std=c11", "-Wall"])])
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = Path("src/intrs/csrc")
+COMMON_FLAGS = ["-O3", "-std=c11", "-Wall", "-pthread"]
+
+
+def target_flags(machine: str) -> dict[str, list[str]]:
+    """csrc/targets.txt: per source file, the instructions it alone may use on this machine."""
+    flags = {}
+    for line in (CSRC / "targets.txt").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] == machine:
+            flags[words[1]] = words[2:]
+    return flags
+
+
+class BuildKernels(build_ext):
+    """build_ext with flags per source file (setuptools gives one set of flags to a whole extension)."""
+
+    def build_extension(self, ext):
+        flags = target_flags(platform.machine().lower().replace("amd64", "x86_64"))
+        objects = []
+        for source in ext.sources:
+            objects += self.compiler.compile([source], output_dir=self.build_temp, include_dirs=[str(CSRC)],
+                                             extra_postargs=COMMON_FLAGS + flags.get(Path(source).name, []),
+                                             depends=ext.depends)
+        self.compiler.link_shared_object(objects, self.get_ext_fullpath(ext.name), extra_postargs=["-pthread"],
+                                         target_lang="c")
+
+
+sources = sorted(str(path) for path in CSRC.glob("*.c"))
+depends = [str(CSRC / "kernels.h"), str(CSRC / "targets.txt")]
+setup(ext_modules=[Extension("intrs._kernels", sources=sources, depends=depends, optional=True)],
+      cmdclass={"build_ext": BuildKernels})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up intrs on a fresh machine, idempotently: Fashion-MNIST from Debian (where apt exists),
+# Sets up intrs on a fresh machine, idempotently: Fashion-MNIST and qemu-user from Debian (where apt exists),
 # a virtual environment in .venv with torch 2.13.0 (CPU build) and intrs installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,15 @@ if [ ! -e "$fmnist/t10k-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null
     || echo "setup: could not install dataset-fashion-mnist; pass --data-dir to a Fashion-MNIST folder" >&2
 fi
 
+# qemu-user: the kernel tests run their instruction-set probe on emulated CPUs without AVX-512 or AVX2
+if ! command -v qemu-x86_64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing qemu-user (Debian package) for the kernels' emulated-CPU tests" >&2
+  $sudo apt-get install -y -q qemu-user >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q qemu-user >/dev/null; } \
+    || echo "setup: could not install qemu-user; the emulated-CPU tests will be skipped" >&2
+fi
+
 python=$(command -v python3.11 || command -v python3)
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "setup: intrs needs Python >= 3.11, found $("$python" --version)" >&2; exit 1
@@ -21,7 +30,7 @@ fi
 
 # Reinstall only when the package's requirements or its compiled kernels changed.
 stamp=.venv/.intrs-installed
-want=$(cat pyproject.toml setup.py src/intrs/_kernels.c | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py src/intrs/csrc/* | sha256sum | cut -d' ' -f1)
 compiler=$(command -v cc || command -v gcc || true)
 built=$(ls src/intrs/_kernels*.so 2> /dev/null || true)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || { [ -n "$compiler" ] && [ -z "$built" ]; }; then

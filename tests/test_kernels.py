@@ -1,7 +1,9 @@
 """The compiled kernels return exactly the reference engine's integers, on every instruction set."""
 
+import ctypes
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +16,14 @@ from intrs import engine, kernels
 from intrs.errors import ConfigError
 from intrs.intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer, validate
 
-ISAS = [name for name in kernels.INSTRUCTION_SETS if kernels.set_instruction_set(name) == name]
-kernels.set_instruction_set("avx512-vnni")
-
-
-@pytest.fixture(params=ISAS)
+# every instruction set the kernels know: those this CPU lacks are reported as skipped, with the reason
+@pytest.fixture(params=kernels.INSTRUCTION_SETS)
 def isa(request):
     if kernels.library() is None:
         pytest.skip("no compiled kernels here (no C compiler when intrs was installed)")
-    assert kernels.set_instruction_set(request.param) == request.param
-    yield request.param
-    kernels.set_instruction_set("avx512-vnni")
+    if request.param not in kernels.instruction_sets():
+        pytest.skip(f"this CPU has no {request.param} (it has {', '.join(kernels.instruction_sets())})")
+    return request.param
 
 
 def test_the_build_made_the_kernels_where_a_compiler_exists():
@@ -33,9 +32,12 @@ def test_the_build_made_the_kernels_where_a_compiler_exists():
 
 
 def test_kernel_source_has_no_floating_point_type():
-    source = (Path(kernels.__file__).parent / "_kernels.c").read_text()
-    code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
-    assert not re.search(r"\b(float|double|_Float\d+|__m512[dh]?\b|__m256[dh]|_pd|_ps)\b", code)
+    sources = sorted((Path(kernels.__file__).parent / "csrc").glob("*.[ch]"))
+    assert {path.name for path in sources} >= {"kernels.h", "portable.c", "avx2.c", "vnni.c", "dispatch.c",
+                                               "program.c"}
+    for path in sources:
+        code = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+        assert not re.search(r"\b(float|double|_Float\d+|__m512[dh]?\b|__m256[dh]|_pd|_ps)\b", code), path.name
 
 
 def _conv(rng, name, inputs, cin, cout, k, stride, in_zero, shifts=(-14, 1)):
@@ -97,7 +99,7 @@ def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool
     rng = np.random.default_rng(seed + 1)
     z = torch.from_numpy(rng.integers(-400, 700, size=(batch, cin, size, size)).astype(np.int32))
     want = engine.reference_forward(model, z)
-    got = kernels.forward(model, engine.check_input(model, z))
+    got = kernels.forward(model, engine.check_input(model, z), isa)
     assert got is not None, "the kernels declined a model they cover"
     assert got.dtype == torch.int8 and torch.equal(got, want)
 
@@ -109,13 +111,14 @@ def test_resnet20_through_the_kernels_equals_the_reference(isa, shape):
 
     _, integer = calibrated_resnet20(shape)
     z = torch.randint(-300, 560, (6, *shape), dtype=torch.int32)
-    assert torch.equal(kernels.forward(integer, engine.check_input(integer, z)), engine.reference_forward(integer, z))
+    assert torch.equal(kernels.forward(integer, engine.check_input(integer, z), isa),
+                       engine.reference_forward(integer, z))
 
 
 def test_engine_forward_uses_the_kernels_and_agrees(isa):
     model = random_model(3, 1, 16, 12, "global", False)
     z = torch.randint(-300, 600, (64, 1, 12, 12), dtype=torch.int32)
-    assert torch.equal(engine.forward(model, z), engine.reference_forward(model, z))
+    assert torch.equal(engine.forward(model, z, instruction_set=isa), engine.reference_forward(model, z))
 
 
 def test_an_overflowing_layer_raises_the_reference_error(isa):
@@ -123,15 +126,15 @@ def test_an_overflowing_layer_raises_the_reference_error(isa):
     model.layers[1].shift[:] = 30  # acc << 30 leaves int32
     z = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.int32)
     with pytest.raises(ConfigError, match="left-shifted accumulator"):
-        engine.forward(model, z)
+        engine.forward(model, z, instruction_set=isa)
 
 
 def test_first_layer_inputs_whose_int32_sums_could_wrap_go_to_the_reference(isa):
     model = random_model(5, 3, 16, 6, "global", False)
     model.layers[0].weight[:] = 127
     z = torch.full((2, 6, 6, 3), 1 << 23, dtype=torch.int32)  # 27 * 127 * 2^23 > 2^31
-    assert kernels.Plan(model).run(kernels.library(), z.permute(0, 3, 1, 2)) is None
-    assert kernels.Plan(model).run(kernels.library(), (z >> 8).permute(0, 3, 1, 2)) is not None
+    assert kernels.Plan(model).run(kernels.library(), z.permute(0, 3, 1, 2), isa) is None
+    assert kernels.Plan(model).run(kernels.library(), (z >> 8).permute(0, 3, 1, 2), isa) is not None
 
 
 def test_reference_env_turns_the_kernels_off(monkeypatch):
@@ -192,8 +195,8 @@ def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed):
     a, b = grid.repeat_interleave(256).reshape(1, 256, 256, 1), grid.repeat(256).reshape(1, 256, 256, 1)
     want = engine.add(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), layer).permute(0, 2, 3, 1)
     got = torch.empty_like(a)
-    assert kernels.library().intrs_add(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.numel(),
-                                       kernels._Add(layer).params_address, got.data_ptr()) == 0
+    assert kernels.library().intrs_add(kernels._table(isa), a.contiguous().data_ptr(), b.contiguous().data_ptr(),
+                                       a.numel(), kernels._Add(layer).params_address, got.data_ptr()) == 0
     assert torch.equal(got, want)
 
 
@@ -207,7 +210,8 @@ def test_compiled_add_input_rescaling_equals_the_reference(isa, seed):
             [(int(rng.integers(1 << 30, 1 << 31)), shift) for shift in range(-31, 1) for _ in range(3)]:
         zero = int(rng.integers(-128, 128))
         out = torch.empty(256, dtype=torch.int32)
-        assert kernels.library().intrs_add_rescale(x.data_ptr(), 256, zero, m, shift, out.data_ptr()) == 0
+        assert kernels.library().intrs_add_rescale(kernels._table(isa), x.data_ptr(), 256, zero, m, shift,
+                                                   out.data_ptr()) == 0
         want = engine.requantize((x.to(torch.int64) - zero) << engine.ADD_LEFT_SHIFT, m, shift)
         assert torch.equal(out.to(torch.int64), want), (m, shift, zero)
 
@@ -223,3 +227,158 @@ def test_a_program_keeps_alive_what_its_ops_point_at(isa):
     gc.collect()
     got = program(kernels.library(), x)
     assert got is not None and torch.equal(got.reshape(5, -1), engine.reference_forward(model, z).reshape(5, -1))
+
+
+def test_threads_running_programs_of_different_instruction_sets_at_once_each_equal_the_reference():
+    """The crash this structure rules out: one thread's choice of instruction set leaking into another's
+    program (a shared setting read mid-batch ran AVX-512 code on CPUs without it). Programs of every
+    instruction set the CPU has run on several threads at once, many small batches each; every output must
+    be the reference's, and every program keeps the table it was built for."""
+    if kernels.library() is None or not kernels.available():
+        pytest.skip("no compiled kernels here (or INTRS_ENGINE=reference)")
+    model = random_model(11, 3, 16, 8, "global", False)
+    rng = np.random.default_rng(11)
+    batches = [torch.from_numpy(rng.integers(-300, 600, size=(int(rng.integers(1, 9)), 3, 8, 8)).astype(np.int32))
+               for _ in range(12)]
+    wants = [engine.reference_forward(model, z) for z in batches]
+    failures, names = [], kernels.instruction_sets()
+
+    def worker(name: str, offset: int):
+        try:
+            for round in range(40):
+                k = (round + offset) % len(batches)
+                got = kernels.forward(model, engine.check_input(model, batches[k]), name)
+                if got is None or not torch.equal(got, wants[k]):
+                    failures.append((name, round))
+        except Exception as error:  # surfaced in the main thread
+            failures.append((name, repr(error)))
+
+    threads = [threading.Thread(target=worker, args=(name, k)) for k, name in enumerate(names * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    plan = kernels._plan(model)
+    for (_, _, name), program in plan.programs.items():
+        assert program.header.isa == kernels._table(name)
+        assert kernels.Isa.from_address(program.header.isa).level == kernels.INSTRUCTION_SETS.index(name)
+
+
+@pytest.mark.parametrize("name", kernels.INSTRUCTION_SETS)
+def test_an_instruction_set_the_cpu_lacks_is_refused_never_run(name):
+    if kernels.library() is None:
+        pytest.skip("no compiled kernels here (no C compiler when intrs was installed)")
+    model = random_model(12, 1, 4, 5, "global", False)
+    z = torch.zeros(2, 1, 5, 5, dtype=torch.int32)
+    if name in kernels.instruction_sets():
+        assert kernels.library().intrs_isa(kernels.INSTRUCTION_SETS.index(name))
+        if kernels.available():
+            assert torch.equal(kernels.forward(model, z, name), engine.reference_forward(model, z))
+        return
+    assert not kernels.library().intrs_isa(kernels.INSTRUCTION_SETS.index(name))
+    with pytest.raises(ConfigError, match=f"this CPU has no {name}"):
+        kernels.forward(model, z, name)
+    with pytest.raises(ConfigError, match=f"this CPU has no {name}"):
+        kernels.Plan(model).program((5, 5, 1), 0, 0, name)
+
+
+def test_a_program_with_a_table_dispatch_did_not_grant_is_refused():
+    """A forged table (a copy of a granted one, at another address) never runs: the C side checks each
+    program's table against those it handed out."""
+    if kernels.library() is None:
+        pytest.skip("no compiled kernels here (no C compiler when intrs was installed)")
+    model = random_model(13, 1, 4, 5, "global", False)
+    program = kernels.Plan(model).program((5, 5, 1), 0, 10, "portable")
+    forged = kernels.Isa.from_buffer_copy(kernels.Isa.from_address(program.header.isa))
+    program.header.isa = ctypes.addressof(forged)
+    with pytest.raises(RuntimeError, match="refused a program built for portable"):
+        program(kernels.library(), torch.zeros(1, 5, 5, 1, dtype=torch.int32))
+
+
+def test_a_build_whose_structs_differ_from_the_ctypes_side_fails_loudly(monkeypatch):
+    if kernels.library() is None:
+        pytest.skip("no compiled kernels here (no C compiler when intrs was installed)")
+    kernels.check_interface(kernels.library(), "here")  # the installed build agrees
+
+    class Shorter(ctypes.Structure):  # layout_t without its last field
+        _fields_ = kernels.Layout._fields_[:-1]
+
+    monkeypatch.setitem(kernels._STRUCTS, "layout_t", Shorter)
+    with pytest.raises(kernels.KernelsBuildError, match=r"layout_t.*rebuild them"):
+        kernels.check_interface(kernels.library(), "here")
+    monkeypatch.undo()
+    monkeypatch.setattr(kernels, "OP_ADD", 7)
+    with pytest.raises(kernels.KernelsBuildError, match="constants"):
+        kernels.check_interface(kernels.library(), "here")
+
+
+def test_intrs_engine_names_the_default_instruction_set(monkeypatch):
+    if not kernels.instruction_sets():
+        pytest.skip("no compiled kernels here (no C compiler when intrs was installed)")
+    monkeypatch.setenv(kernels.ENGINE_ENV, "portable")
+    assert kernels.instruction_set() == "portable"
+    monkeypatch.setenv(kernels.ENGINE_ENV, "auto")
+    assert kernels.instruction_set() == kernels.instruction_sets()[-1]
+    monkeypatch.setenv(kernels.ENGINE_ENV, "sse9")
+    with pytest.raises(ConfigError, match="unknown INTRS_ENGINE 'sse9'"):
+        kernels.instruction_set()
+    missing = [name for name in kernels.INSTRUCTION_SETS if name not in kernels.instruction_sets()]
+    if missing:
+        monkeypatch.setenv(kernels.ENGINE_ENV, missing[0])
+        with pytest.raises(ConfigError, match=f"this CPU has no {missing[0]}"):
+            kernels.instruction_set()
+
+
+# CPUs qemu-x86_64 emulates without the instructions of the levels above them (TCG runs no AVX-512 at all, so an
+# AVX-512 instruction there is SIGILL), and the instruction sets the kernels must grant on each
+EMULATED_CPUS = {"Haswell": ("portable", "avx2"), "Nehalem": ("portable",)}
+
+
+@pytest.fixture(scope="module")
+def isa_probe(tmp_path_factory):
+    """tests/isa_probe.c linked with the kernels' objects, each built with its own flags (csrc/build.sh)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler here")
+    import subprocess
+
+    csrc = Path(kernels.__file__).parent / "csrc"
+    out = tmp_path_factory.mktemp("probe")
+    objects = subprocess.run(["bash", str(csrc / "build.sh"), str(out)], check=True, capture_output=True,
+                             text=True).stdout.split()
+    subprocess.run([compiler, "-O2", "-std=c11", "-I", str(csrc), str(Path(__file__).parent / "isa_probe.c"),
+                    *objects, "-pthread", "-o", str(out / "probe")], check=True)
+    return out / "probe"
+
+
+def _granted(output: str) -> tuple[str, ...]:
+    return tuple(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("granted "))
+
+
+def test_isa_probe_grants_what_this_cpu_has_and_every_grant_agrees(isa_probe):
+    import subprocess
+
+    run = subprocess.run([str(isa_probe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    if kernels.library() is not None:
+        assert _granted(run.stdout) == kernels.instruction_sets()
+
+
+@pytest.mark.parametrize("cpu", EMULATED_CPUS)
+def test_isa_probe_on_emulated_cpus_without_avx512_or_avx2_refuses_what_they_lack(isa_probe, cpu):
+    """What the crash needed: a CPU without AVX-512. Under qemu's emulation of one, every instruction set it
+    lacks is refused (its table too), and those it has run and agree; any AVX-512 instruction reached would be
+    SIGILL (exit -4 here)."""
+    import platform
+    import subprocess
+
+    qemu = shutil.which("qemu-x86_64")
+    if platform.machine() != "x86_64" or qemu is None:
+        pytest.skip("needs qemu-x86_64 on an x86_64 machine (Debian's qemu-user; scripts/setup.sh installs it)")
+    run = subprocess.run([qemu, "-cpu", cpu, str(isa_probe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}"
+    assert _granted(run.stdout) == EMULATED_CPUS[cpu]
+    for name in kernels.INSTRUCTION_SETS:
+        if name not in EMULATED_CPUS[cpu]:
+            assert f"refused {name}" in run.stdout

@@ -80,22 +80,6 @@ def pytorch_int8(model: torch.nn.Module, shape: tuple[int, int, int]) -> TorchCl
     return classifier
 
 
-class InstructionSetClassifier(IntegerClassifier):
-    """The compiled kernels held to one instruction set (to time the AVX2 fallback on a VNNI machine)."""
-
-    def __init__(self, model, instruction_set: str):
-        super().__init__(model)
-        self.instruction_set = instruction_set
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        best = kernels.INSTRUCTION_SETS[-1]
-        kernels.set_instruction_set(self.instruction_set)
-        try:
-            return super().__call__(batch)
-        finally:
-            kernels.set_instruction_set(best)
-
-
 INTRS_COMPILED = "IntRS (intrs compiled kernels)"
 INTRS_AVX2 = "IntRS (intrs compiled kernels, AVX2 only)"
 INTRS_REFERENCE = "IntRS (intrs reference engine)"
@@ -118,9 +102,8 @@ def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
     contenders = {"FloatRS-fp (PyTorch float32)": (TorchClassifier(model), GaussianNoise(0.25))}
     if kernels.available():
         contenders[INTRS_COMPILED] = (IntegerClassifier(integer), DiscreteGaussianNoise(0.25))
-        if kernels.instruction_set() == "avx512-vnni" and kernels.set_instruction_set("avx2") == "avx2":
-            contenders[INTRS_AVX2] = (InstructionSetClassifier(integer, "avx2"), DiscreteGaussianNoise(0.25))
-        kernels.set_instruction_set(kernels.INSTRUCTION_SETS[-1])
+        if kernels.instruction_set() != "avx2" and "avx2" in kernels.instruction_sets():
+            contenders[INTRS_AVX2] = (IntegerClassifier(integer, "avx2"), DiscreteGaussianNoise(0.25))
     contenders[INTRS_REFERENCE] = (ReferenceEngineClassifier(integer), DiscreteGaussianNoise(0.25))
     try:
         contenders["PyTorch int8 x86 (float requant)"] = (pytorch_int8(model, shape), GaussianNoise(0.25))

@@ -237,16 +237,17 @@ def check_input(model: IntegerModel, z) -> torch.Tensor:
     return z
 
 
-def forward(model: IntegerModel, z, trace: list | None = None) -> torch.Tensor:
+def forward(model: IntegerModel, z, trace: list | None = None, instruction_set: str | None = None) -> torch.Tensor:
     """int8 logits of the integer model on a batch of integer inputs (pixel steps, x_q = p + k).
 
     The compiled kernels (``intrs.kernels``) compute them where they can, the same
-    integers (tests hold the two equal); this module's ops otherwise. ``trace``,
+    integers (tests hold the two equal), on ``instruction_set`` (default: the best
+    this CPU has; one it lacks is refused); this module's ops otherwise. ``trace``,
     when given, receives every intermediate array of the reference pass (for tests).
     """
     z = check_input(model, z)
     if trace is None:
-        logits = kernels.forward(model, z)
+        logits = kernels.forward(model, z, instruction_set)
         if logits is not None:
             return logits
     return _forward_checked(model, z, trace)
@@ -282,5 +283,5 @@ def argmax_lowest(logits: torch.Tensor) -> torch.Tensor:
     return torch.argmax(logits.to(torch.int32), dim=1)  # torch returns the first maximal index
 
 
-def predict(model: IntegerModel, z) -> torch.Tensor:
-    return argmax_lowest(forward(model, z))
+def predict(model: IntegerModel, z, instruction_set: str | None = None) -> torch.Tensor:
+    return argmax_lowest(forward(model, z, instruction_set=instruction_set))

@@ -1,24 +1,34 @@
-"""The compiled fast path of the integer engine (``_kernels.c``, built by the package's own build).
+"""The compiled fast path of the integer engine (``csrc/``, built by the package's own build).
 
 It computes exactly the integers of the reference engine (``intrs.engine``; the
 tests hold the two equal on random models and inputs, on every instruction set),
-on NHWC int8 arrays: AVX-512 VNNI where the CPU has it, else AVX2, else portable C.
-The reference engine stays the definition and the fallback, chosen
-automatically: where no compiler built the library, for layers the kernels do
-not cover, for the rare batch whose accumulators could leave int32 (the
-reference then raises its error), and when ``INTRS_ENGINE=reference`` is set.
+on NHWC int8 arrays: AVX-512 VNNI, AVX2 or portable C. The reference engine
+stays the definition and the fallback, chosen automatically: where no compiler
+built the library, for layers the kernels do not cover, for the rare batch whose
+accumulators could leave int32 (the reference then raises its error), and when
+``INTRS_ENGINE=reference`` is set.
 
-A model is prepared once (weights packed for vpdpbusd, per-channel
-requantization constants) and compiled into a network program per input shape
-(``Plan``): one C call per thread runs its piece of the batch image by image
-through every layer (``torch.get_num_threads()`` threads; ctypes releases the
-GIL during each call). Every array here is an integer array.
+Which instruction set runs is fixed when a program is built: a caller asks for
+one (default: ``INTRS_ENGINE``, else the best this CPU has), the library hands
+out that instruction set's table of entry points only if the CPU has it (a
+request it lacks is refused with ``ConfigError``), and the program carries the
+table. No global state decides what runs, so programs of different instruction
+sets run side by side on any threads.
+
+A model is prepared once (weights packed for vpdpbusd and int16 pairs,
+per-channel requantization constants) and compiled into a network program per
+input shape and instruction set (``Plan``): one C call per thread runs its piece
+of the batch image by image through every layer (``torch.get_num_threads()``
+threads; ctypes releases the GIL during each call). Every array here is an
+integer array. The ctypes structs mirror csrc/kernels.h and are checked against
+the library's own offsets and sizes at load (``check_interface``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -27,11 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError, IntrsError
 from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
-ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off
-_ABI = 2
+ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
+_ABI = 3
 _INT32_LIMIT = 2 ** 31 - 1
+
+# The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
+# the library's answer (``instruction_sets``).
+INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni")
+
+
+class KernelsBuildError(IntrsError):
+    """The compiled kernels on disk do not match this intrs (a stale build): rebuilding them fixes it."""
 
 
 class ConvShape(ctypes.Structure):
@@ -48,48 +67,129 @@ class Requant(ctypes.Structure):
                [("fused", ctypes.c_int), ("relu", ctypes.c_int), ("fused_constants", ctypes.c_void_p)]
 
 
-# a layer of a network program (``op_t`` in _kernels.c); its kinds:
-OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
+class PoolShape(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("h", "w", "c", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow", "average", "act_min", "act_max")]
 
 
 class Layout(ctypes.Structure):
-    """How a tensor lies in its slot (``layout_t``): (h, w, c) framed by ``pad`` pixels, ``pixel`` bytes per
-    pixel, int8 (lift 0) or u8 x + 128 (lift 128, what the VNNI convolutions read without a copy)."""
-    _fields_ = [(name, ctypes.c_int) for name in ("h", "w", "c", "pad", "pixel", "lift")]
+    """How a tensor lies in its slot (``layout_t``): (h, w, c) framed by ``pad`` pixels that hold its zero point,
+    ``pixel`` bytes per pixel, int8 (lift 0) or u8 x + 128 (lift 128, what the VNNI convolutions read without
+    a copy)."""
+    _fields_ = [(name, ctypes.c_int) for name in ("h", "w", "c", "pad", "pixel", "lift", "zero_point")]
 
     @property
     def bytes(self) -> int:
         return (self.h + 2 * self.pad) * (self.w + 2 * self.pad) * self.pixel
 
 
+# a layer of a network program (``op_t`` in csrc/kernels.h); its kinds:
+OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
+
+
 class Op(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + \
                [(name, Layout) for name in ("from0", "from1", "to")] + [("shape", ConvShape)] + \
                [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "w_pairs", "q_pairs", "w_wide", "q_wide",
-                                                     "add_params")] + [("pool", ctypes.c_int * 14)]
+                                                     "add_params")] + [("pool", PoolShape)]
+
+
+class Isa(ctypes.Structure):
+    """An instruction set's table of entry points (``isa_t``): only its level and layout are read here."""
+    _fields_ = [("level", ctypes.c_int), ("lifted", ctypes.c_int)] + \
+               [(name, ctypes.c_void_p) for name in ("conv", "add", "add_rescale")]
+
+
+class ProgramHeader(ctypes.Structure):
+    """``program_t``: a program's ops and the instruction-set table it was built for."""
+    _fields_ = [("isa", ctypes.c_void_p), ("ops", ctypes.c_void_p), ("count", ctypes.c_int),
+                ("slot_bytes", ctypes.c_void_p), ("slots", ctypes.c_int), ("output", ctypes.c_int),
+                ("output_bytes", ctypes.c_int64), ("image_values", ctypes.c_int64)]
+
+
+class _Field(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_char_p), ("field", ctypes.c_char_p), ("offset", ctypes.c_int64),
+                ("size", ctypes.c_int64)]
+
+
+class _Constant(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_int64)]
+
+
+_STRUCTS = {"requant_t": Requant, "conv_shape_t": ConvShape, "pool_shape_t": PoolShape, "layout_t": Layout,
+            "op_t": Op, "isa_t": Isa, "program_t": ProgramHeader}
+ERR_OVERFLOW, ERR_MEMORY, ERR_UNSUPPORTED, ERR_ISA = 1, 2, 3, 4
+
+
+def _constants_here() -> dict[str, int]:
+    from .engine import ADD_LEFT_SHIFT
+
+    return {"ERR_OVERFLOW": ERR_OVERFLOW, "ERR_MEMORY": ERR_MEMORY, "ERR_UNSUPPORTED": ERR_UNSUPPORTED,
+            "ERR_ISA": ERR_ISA, "ADD_LEFT_SHIFT": ADD_LEFT_SHIFT, "ISA_COUNT": len(INSTRUCTION_SETS),
+            "OP_CONV_S8": OP_CONV_S8, "OP_CONV_S32": OP_CONV_S32, "OP_ADD": OP_ADD, "OP_POOL": OP_POOL,
+            "OP_FLATTEN": OP_FLATTEN}
+
+
+def check_interface(lib: ctypes.CDLL, path: str) -> None:
+    """Raise ``KernelsBuildError`` unless the library's structs (every size and field offset), constants and
+    instruction-set names are the ones this module builds and reads."""
+    def fail(what: str):
+        raise KernelsBuildError(f"the compiled kernels {path} do not match this intrs ({what}): rebuild them "
+                                "with 'bash scripts/setup.sh' (or 'pip install -e .')")
+
+    count = ctypes.c_int()
+    lib.intrs_fields.restype = ctypes.POINTER(_Field)
+    table = lib.intrs_fields(ctypes.byref(count))
+    seen: dict[str, set[str]] = {name: set() for name in _STRUCTS}
+    for entry in table[:count.value]:
+        type_name, field = entry.type.decode(), entry.field.decode()
+        struct = _STRUCTS.get(type_name)
+        if struct is None:
+            fail(f"unknown struct {type_name}")
+        here = (0, ctypes.sizeof(struct)) if not field else \
+            (getattr(struct, field).offset, getattr(struct, field).size) if hasattr(struct, field) else None
+        if here != (entry.offset, entry.size):
+            fail(f"{type_name}{'.' + field if field else ''}: offset and size {entry.offset}, {entry.size} in C, "
+                 f"{here} here")
+        seen[type_name].add(field)
+    for type_name, struct in _STRUCTS.items():
+        missing = ({name for name, *_ in struct._fields_} | {""}) - seen[type_name]
+        if missing:
+            fail(f"{type_name} lacks {', '.join(sorted(missing))} in C")
+    lib.intrs_constants.restype = ctypes.POINTER(_Constant)
+    table = lib.intrs_constants(ctypes.byref(count))
+    theirs = {entry.name.decode(): entry.value for entry in table[:count.value]}
+    if theirs != _constants_here():
+        fail(f"constants {theirs} in C, {_constants_here()} here")
+    lib.intrs_isa_name.restype = ctypes.c_char_p
+    names = tuple(lib.intrs_isa_name(level).decode() for level in range(len(INSTRUCTION_SETS)))
+    if names != INSTRUCTION_SETS:
+        fail(f"instruction sets {names} in C, {INSTRUCTION_SETS} here")
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None where the build found no compiler (or the ABI differs)."""
+    """The compiled kernels, or None where the build found no compiler. A library built from other sources
+    than this module's (another ABI, or structs that differ) raises ``KernelsBuildError``."""
     for path in sorted(Path(__file__).parent.glob("_kernels*.so")):
         try:
             lib = ctypes.CDLL(str(path))
         except OSError:
             continue
-        if lib.intrs_kernels_abi() != _ABI:
-            continue
+        if not hasattr(lib, "intrs_kernels_abi") or lib.intrs_kernels_abi() != _ABI:
+            raise KernelsBuildError(f"the compiled kernels {path} are of another version of intrs (ABI "
+                                    f"{lib.intrs_kernels_abi() if hasattr(lib, 'intrs_kernels_abi') else '?'}, "
+                                    f"this one needs {_ABI}): rebuild them with 'bash scripts/setup.sh' "
+                                    "(or 'pip install -e .')")
+        check_interface(lib, str(path))
         pointer, integer, int64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        lib.intrs_conv_s8.argtypes = [pointer] * 9
-        lib.intrs_conv_s32.argtypes = [pointer] * 7
-        lib.intrs_add.argtypes = [pointer, pointer, int64, pointer, pointer]
-        lib.intrs_pool.argtypes = [pointer] + [integer] * 15 + [pointer]
-        lib.intrs_run.argtypes = [pointer, integer, pointer, integer, pointer, integer, int64, integer, int64, pointer]
-        lib.intrs_set_isa.argtypes = [integer]
+        lib.intrs_isa.argtypes, lib.intrs_isa.restype = [integer], pointer
+        lib.intrs_run.argtypes = [pointer, pointer, integer, pointer]
+        lib.intrs_add.argtypes = [pointer, pointer, pointer, int64, pointer, pointer]
+        lib.intrs_add_rescale.argtypes = [pointer, pointer, int64, int64, int64, int64, pointer]
         lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer,
                                          pointer, int64]
         lib.intrs_table_draw.restype = int64
-        lib.intrs_add_rescale.argtypes = [pointer, int64, int64, int64, int64, pointer]
         return lib
     return None
 
@@ -98,25 +198,42 @@ def available() -> bool:
     return os.environ.get(ENGINE_ENV, "auto") != "reference" and library() is not None
 
 
-INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni")  # the C library's levels 0, 1, 2
-_requested_level = len(INSTRUCTION_SETS) - 1  # the best this CPU has
+def instruction_sets() -> tuple[str, ...]:
+    """The instruction sets this CPU has (and this build knows), best last; () without the compiled kernels."""
+    lib = library()
+    if lib is None:
+        return ()
+    return tuple(name for level, name in enumerate(INSTRUCTION_SETS) if lib.intrs_isa(level))
 
 
-def instruction_set() -> str:
-    """Which kernels run: 'avx512-vnni', 'avx2', 'portable' or 'reference' (no compiled path)."""
-    if not available():
+def instruction_set(requested: str | None = None) -> str:
+    """The instruction set a forward pass asking for ``requested`` runs: that one, which the CPU must have
+    (else ``ConfigError``); by default ``INTRS_ENGINE``'s choice ('auto': the best the CPU has). 'reference'
+    where the compiled path is off or was not built."""
+    choice = requested or os.environ.get(ENGINE_ENV, "auto")
+    if choice not in ("auto", "reference") + INSTRUCTION_SETS:
+        source = "instruction set" if requested else f"{ENGINE_ENV}"
+        raise ConfigError(f"unknown {source} {choice!r}: one of auto, reference, {', '.join(INSTRUCTION_SETS)}")
+    have = instruction_sets()
+    if choice == "reference" or not have or os.environ.get(ENGINE_ENV) == "reference":
         return "reference"
-    return INSTRUCTION_SETS[library().intrs_set_isa(_requested_level)]
+    if choice == "auto":
+        return have[-1]
+    if choice not in have:
+        raise ConfigError(f"this CPU has no {choice} (it has {', '.join(have)}): ask for one of those")
+    return choice
 
 
-def set_instruction_set(name: str) -> str:
-    """Ask for an instruction set (granted the best one at or below it that the CPU has); for tests and
-    benchmarks. Returns the one in use."""
-    global _requested_level
-    if name not in INSTRUCTION_SETS:
-        raise ValueError(f"unknown instruction set {name!r}: one of {', '.join(INSTRUCTION_SETS)}")
-    _requested_level = INSTRUCTION_SETS.index(name)
-    return instruction_set()
+_chosen = instruction_set  # under a name that forward's argument does not hide
+
+
+def _table(name: str) -> int:
+    """The address of the instruction set's entry-point table, which the library grants only where the CPU has
+    it (never an address for code this CPU can't run)."""
+    address = library().intrs_isa(INSTRUCTION_SETS.index(name))
+    if not address:
+        raise ConfigError(f"this CPU has no {name} (it has {', '.join(instruction_sets())})")
+    return address
 
 
 def table_draw(high: np.ndarray, guide: np.ndarray, guide_bits: int, values: np.ndarray, words: np.ndarray,
@@ -140,17 +257,21 @@ def thread_count() -> int:
 
 
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def parallel_map(function, items: list) -> list:
-    """``function`` over ``items`` on the kernels' threads (ctypes and numpy's random_raw release the GIL)."""
+    """``function`` over ``items`` on the kernels' threads (ctypes and numpy's random_raw release the GIL).
+    Callers on several threads at once share the pool."""
     global _pool
     threads = min(thread_count(), len(items))
     if threads <= 1:
         return [function(item) for item in items]
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="intrs-kernels")
-    return list(_pool.map(function, items))
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="intrs-kernels")
+        pool = _pool
+    return list(pool.map(function, items))
 
 
 def _pointer(array) -> int:
@@ -331,38 +452,38 @@ class _Pool:
         else:
             (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
         oh, ow = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
-        op = Op(kind=OP_POOL)
-        op.pool[:] = (h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, int(layer.op == "average_pool"), layer.act_min,
-                      layer.act_max)
-        return op, (oh, ow, c)
+        pool = PoolShape(h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, int(layer.op == "average_pool"), layer.act_min,
+                         layer.act_max)
+        return Op(kind=OP_POOL, pool=pool), (oh, ow, c)
 
 
 class _Flatten:
     """The reference flattens NCHW: the program reorders the NHWC image (a 1x1 map is the same either way)."""
 
     def op(self, shape: tuple[int, int, int]) -> tuple[Op, tuple[int, int, int]]:
-        op = Op(kind=OP_FLATTEN)
-        op.pool[:3] = shape
-        return op, (1, 1, int(np.prod(shape)))
+        return Op(kind=OP_FLATTEN), (1, 1, int(np.prod(shape)))
 
 
 class _Program:
-    """A model's layers as one C call: ops over slots (one image's buffers, reused once a tensor is dead)."""
+    """A model's layers as one C call: ops over slots (one image's buffers, reused once a tensor is dead), bound
+    to the instruction-set table they were compiled for."""
 
     def __init__(self, ops: list[Op], slot_bytes: list[int], output: int, output_shape: tuple[int, int, int],
-                 steps: list):
+                 image_values: int, table: int, instruction_set: str, steps: list):
         self.steps = steps  # the ops point into their packed weights and constants: they live as long as this
+        self.instruction_set = instruction_set
         self.ops = (Op * len(ops))(*ops)
         self.slot_bytes = np.array(slot_bytes, dtype=np.int64)
-        self.output, self.output_shape = output, output_shape
-        self.output_bytes = int(np.prod(output_shape))
+        self.output_shape = output_shape
+        self.header = ProgramHeader(table, ctypes.addressof(self.ops), len(ops), _pointer(self.slot_bytes),
+                                    len(slot_bytes), output, int(np.prod(output_shape)), image_values)
 
     def __call__(self, lib, x: torch.Tensor) -> torch.Tensor | None:
         """int8 outputs (N, h, w, c) of an int32 NHWC batch, or None where the reference must decide."""
         y = torch.empty((len(x), *self.output_shape), dtype=torch.int8)
-        rc = lib.intrs_run(ctypes.addressof(self.ops), len(self.ops), _pointer(self.slot_bytes), len(self.slot_bytes),
-                           _pointer(x), len(x), int(np.prod(x.shape[1:])), self.output, self.output_bytes,
-                           _pointer(y))
+        rc = lib.intrs_run(ctypes.addressof(self.header), _pointer(x), len(x), _pointer(y))
+        if rc == ERR_ISA:  # a table is granted before a program is built: this would be a bug, never a fallback
+            raise RuntimeError(f"the kernels refused a program built for {self.instruction_set}")
         return None if rc else y
 
 
@@ -388,16 +509,18 @@ class Plan:
                 self.supported = False
 
     def program(self, shape: tuple[int, int, int], low: int, high: int, instruction_set: str) -> _Program | None:
-        """The program for (h, w, c) input images with values in [low, high], cached by the choices those
-        bounds make for the layers reading the input (``_Conv.choice``) and by the instruction set."""
+        """The program for (h, w, c) input images with values in [low, high] on ``instruction_set`` (which the
+        CPU must have: ``ConfigError`` otherwise), cached by the choices those bounds make for the layers
+        reading the input (``_Conv.choice``) and by the instruction set."""
         choices = tuple(step.choice(low, high) if isinstance(step, _Conv) and step.wide_input else None
                         for step in self.steps)
         key = (shape, choices, instruction_set)
         if key not in self.programs:
-            self.programs[key] = self._compile(shape, choices, instruction_set == "avx512-vnni")
+            self.programs[key] = self._compile(shape, choices, instruction_set)
         return self.programs[key]
 
-    def _compile(self, shape: tuple[int, int, int], choices: tuple, vnni: bool) -> _Program | None:
+    def _compile(self, shape: tuple[int, int, int], choices: tuple, instruction_set: str) -> _Program | None:
+        table = _table(instruction_set)
         # the ops and every tensor's (h, w, c)
         ops, shapes = [], {self.input_name: shape}
         for layer, step, choice in zip(self.layers, self.steps, choices):
@@ -406,7 +529,7 @@ class Plan:
                 return None
             ops.append(made[0])
             shapes[layer.output] = made[1]
-        layouts = self._layouts(ops, shapes, vnni)
+        layouts = self._layouts(ops, shapes, bool(Isa.from_address(table).lifted))
         # slots: one image's buffers, a dead tensor's slot reused by the next (never by its reader's output)
         last_use = {name: i for i, layer in enumerate(self.layers) for name in layer.inputs}
         slot_of, free, slot_bytes = {self.input_name: 0}, [], [0]
@@ -421,20 +544,22 @@ class Plan:
             slot_of[layer.output] = out
             free += [slot for name, slot in zip(layer.inputs, slots)
                      if slot and last_use[name] == i and name != self.output_name and slot not in free]
-        return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name], self.steps)
+        return _Program(ops, slot_bytes, slot_of[self.output_name], shapes[self.output_name], int(np.prod(shape)),
+                        table, instruction_set, self.steps)
 
-    def _layouts(self, ops: list[Op], shapes: dict, vnni: bool) -> dict[str, Layout]:
-        """Plain int8 NHWC everywhere, except, on VNNI, the tensors that a convolution or an ADD writes for
-        convolutions and ADDs to read: lifted to u8 and framed by the widest padding of their readers, so
-        that no convolution copies its input."""
+    def _layouts(self, ops: list[Op], shapes: dict, lifted: bool) -> dict[str, Layout]:
+        """Plain int8 NHWC everywhere, except, on an instruction set that runs lifted layouts (VNNI), the
+        tensors that a convolution or an ADD writes for convolutions and ADDs to read: lifted to u8 and framed
+        by the widest padding of their readers (the frame holding the tensor's zero point), so that no
+        convolution copies its input."""
         readers: dict[str, list[int]] = {}
         for i, layer in enumerate(self.layers):
             for name in layer.inputs:
                 readers.setdefault(name, []).append(i)
         layouts = {}
         for name, (h, w, c) in shapes.items():
-            layouts[name] = Layout(h, w, c, 0, c, 0)
-        if not vnni:
+            layouts[name] = Layout(h, w, c, 0, c, 0, 0)
+        if not lifted:
             return layouts
         for i, (layer, op) in enumerate(zip(self.layers, ops)):
             name, (h, w, c) = layer.output, shapes[layer.output]
@@ -444,17 +569,17 @@ class Plan:
                     or any(r.kind not in (OP_CONV_S8, OP_ADD) for r in reads)):
                 continue
             pad = max((max(r.shape.ph, r.shape.pw) for r in reads if r.kind == OP_CONV_S8), default=0)
-            layouts[name] = Layout(h, w, c, pad, c, 128)
+            layouts[name] = Layout(h, w, c, pad, c, 128, layer.output_zero_point)
         return layouts
 
-    def run(self, lib, z: torch.Tensor) -> torch.Tensor | None:
+    def run(self, lib, z: torch.Tensor, instruction_set: str) -> torch.Tensor | None:
         """int8 logits (N, classes) of an NCHW integer batch, or None where the reference must decide."""
         # numpy, single-threaded: torch's parallel copies and reductions leave OpenMP threads spinning on
         # the cores the kernels' threads need
         values = np.ascontiguousarray(z.numpy().astype(np.int32, copy=False).transpose(0, 2, 3, 1))
         x = torch.from_numpy(values)
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        program = self.program(tuple(x.shape[1:]), low, high, instruction_set())
+        program = self.program(tuple(x.shape[1:]), low, high, instruction_set)
         out = None if program is None else program(lib, x)
         if out is None:
             return None
@@ -472,9 +597,12 @@ def _plan(model: IntegerModel) -> Plan:
     return plan
 
 
-def forward(model: IntegerModel, z: torch.Tensor) -> torch.Tensor | None:
-    """The compiled forward pass of a checked input batch, or None where the reference engine must run it."""
-    if not available():
+def forward(model: IntegerModel, z: torch.Tensor, instruction_set: str | None = None) -> torch.Tensor | None:
+    """The compiled forward pass of a checked input batch on ``instruction_set`` (default: the choice of
+    ``INTRS_ENGINE``, the best the CPU has), or None where the reference engine must run it. An instruction
+    set the CPU lacks raises ``ConfigError``."""
+    name = _chosen(instruction_set)
+    if name == "reference":
         return None
     lib = library()
     plan = _plan(model)
@@ -483,5 +611,6 @@ def forward(model: IntegerModel, z: torch.Tensor) -> torch.Tensor | None:
     # one piece per thread: a program keeps each image's activations in cache however many it runs, and
     # fewer pieces cost fewer calls (pieces of 1000, 128 and 32 images of 400: 45, 48 and 49 ms at 28x28)
     chunks = [chunk for chunk in torch.tensor_split(z, thread_count()) if len(chunk)]
-    parts = parallel_map(lambda chunk: plan.run(lib, chunk), chunks)
+    parts = parallel_map(lambda chunk: plan.run(lib, chunk, name), chunks)
     return None if any(part is None for part in parts) else torch.cat(parts)
+

@@ -42,13 +42,14 @@ class System:
 
 
 class IntegerClassifier:
-    """An integer model as a base classifier: the engine's argmax on integer noisy inputs."""
+    """An integer model as a base classifier: the engine's argmax on integer noisy inputs, through the compiled
+    kernels of ``instruction_set`` (default: the best this CPU has; one it lacks is refused)."""
 
-    def __init__(self, model: IntegerModel):
-        self.model = model
+    def __init__(self, model: IntegerModel, instruction_set: str | None = None):
+        self.model, self.instruction_set = model, instruction_set
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return engine.predict(self.model, batch)
+        return engine.predict(self.model, batch, self.instruction_set)
 
 
 def floatrs_fp(checkpoint: Checkpoint, sigma: float) -> System:

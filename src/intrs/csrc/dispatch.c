@@ -1,0 +1,50 @@
+/* Which instruction sets this CPU has, detected once (pthread_once: every thread sees the finished answer),
+ * and the only way to their tables. Nothing here changes after detection, and no caller can change it: a
+ * program carries the table it was granted, so the code that runs is fixed when the program is built. */
+#include <pthread.h>
+
+#include "kernels.h"
+
+static pthread_once_t detected = PTHREAD_ONCE_INIT;
+static int has[ISA_COUNT];
+
+static void detect(void) {
+    has[ISA_PORTABLE] = 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* __builtin_cpu_supports also checks that the OS saves the vector state (XCR0) */
+    __builtin_cpu_init();
+    has[ISA_AVX2] = __builtin_cpu_supports("avx2");
+    has[ISA_VNNI] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512vnni");
+#endif
+}
+
+static const isa_t *table_of(int level) {
+    switch (level) {
+        case ISA_PORTABLE: return &intrs_isa_portable;
+#if defined(__x86_64__)
+        case ISA_AVX2: return &intrs_isa_avx2;
+        case ISA_VNNI: return &intrs_isa_vnni;
+#endif
+    }
+    return NULL;
+}
+
+const isa_t *intrs_isa(int level) {
+    if (level < 0 || level >= ISA_COUNT) return NULL;
+    pthread_once(&detected, detect);
+    return has[level] ? table_of(level) : NULL;
+}
+
+int intrs_isa_granted(const isa_t *isa) {
+    for (int level = 0; level < ISA_COUNT; level++)
+        if (isa && isa == intrs_isa(level)) return 1;
+    return 0;
+}
+
+/* The name of every level this build knows, whether or not the CPU has it (null past the last). */
+const char *intrs_isa_name(int level) {
+    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx512-vnni"};
+    return level >= 0 && level < ISA_COUNT ? names[level] : NULL;
+}

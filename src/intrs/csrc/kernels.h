@@ -1,0 +1,200 @@
+/* intrs compiled integer kernels: the internal interface between their files.
+ *
+ * The same integers as intrs/engine.py (the reference engine, which the tests hold every instruction set
+ * equal to on random models and inputs), computed on NHWC int8 arrays:
+ *
+ *   CONV_2D     acc = sum (x - z_in) w + b;  y = clamp(z_out + MultiplyByQuantizedMultiplier(acc))
+ *   ADD         TFLite's int8 AddFunc (inputs lifted by 2^20, three requantizations)
+ *   POOL        average (rounding half away from zero over the real points) and max
+ *
+ * The files, one idea each:
+ *   portable.c    the definition in plain C: every layer, on every CPU (and the scalar tails of the others)
+ *   avx2.c        AVX2 (vpmaddwd on int16 pairs), compiled with -mavx2 alone
+ *   vnni.c        AVX-512 VNNI (vpdpbusd on u8 x s8), compiled with the AVX-512 flags alone
+ *   dispatch.c    the CPU's features, detected once; hands out an instruction set's table only where the CPU
+ *                 has it
+ *   program.c     the network-program interpreter: a program carries the table it was built for
+ *   table_draw.c  the discrete Gaussian's inverse-CDF lookups (intrs.noise.TableSampler)
+ *   abi.c         the ABI version, every struct's field offsets and every shared constant, for the ctypes side
+ *                 to check at load
+ *
+ * Each instruction set's file exports one constant table (isa_t) and nothing else: its code runs only through
+ * a table that dispatch.c granted, so no code compiled for instructions the CPU lacks can be reached. Helpers
+ * shared by several files are `static inline` here, so each file compiles its own copy with its own flags
+ * (an external inline definition could be linked to a copy built for another instruction set).
+ *
+ * Called through ctypes (no Python API): functions return 0, or an error code when a value leaves int32
+ * where TFLite's int32 arithmetic would overflow (the caller then raises the reference engine's error).
+ */
+#ifndef INTRS_KERNELS_H
+#define INTRS_KERNELS_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INTRS_ABI 3
+
+#define INLINE static inline __attribute__((always_inline))
+
+#define ERR_OVERFLOW 1
+#define ERR_MEMORY 2
+#define ERR_UNSUPPORTED 3 /* a layer this instruction set can't run as asked: the reference engine decides */
+#define ERR_ISA 4         /* a program whose table this CPU was not granted: refused, never run */
+
+#define ADD_LEFT_SHIFT 20 /* TFLite's int8 ADD lifts its inputs by 2^20 */
+
+/* Instruction sets, by level (room for others: NEON dot product would come next). */
+#define ISA_PORTABLE 0
+#define ISA_AVX2 1
+#define ISA_VNNI 2
+#define ISA_COUNT 3
+
+/* One layer's requantization, per output channel (arrays of cout_pad int64). */
+typedef struct {
+    const int64_t *offset;   /* the bias (direct kernel, which sums (x - z_in) w) or bias - (z_in + 128) sum(w) (VNNI) */
+    const int64_t *mult;     /* M0 */
+    const int64_t *left;     /* max(shift, 0) */
+    const int64_t *right;    /* max(-shift, 0) */
+    const int64_t *half;     /* 2^right / 2 (0 when right == 0) */
+    int64_t zero_point, act_min, act_max;
+    int any_left;
+    /* fast32 (AVX2): every accumulator provably within +-2^30 and no left shift, so the whole requantization
+     * runs in int32 lanes (the int32 copies below; mult32 serves the fused form too); otherwise the int64
+     * lanes above with checks */
+    int fast32;
+    const int32_t *offset32, *mult32, *right32, *half32;
+    /* fused (VNNI): every accumulator provably within int32, no left shift, and requant_fused's bounds hold;
+     * per block of 16 channels, 80 int64 in even-then-odd lane order: add (lift 0), add (lift 128), below,
+     * fix, shift (see vnni.c's requant_fused). relu: act_min >= zero_point. */
+    int fused, relu;
+    const int64_t *fused_constants;
+} requant_t;
+
+typedef struct {
+    int n, h, w, cin, cout, cout_pad, kh, kw, sh, sw, ph, pw, oh, ow;
+    int64_t input_zero_point;
+} conv_shape_t;
+
+typedef struct {
+    int h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, average, act_min, act_max;
+} pool_shape_t;
+
+/* How a tensor lies in its slot: NHWC rows framed by `pad` pixels on every side, `pixel` bytes per pixel, as
+ * int8 (lift 0) or as u8 x + 128 (lift 128). The lifted, framed layout is what vpdpbusd reads, so a VNNI
+ * convolution takes its input as it lies, without a lifting copy; the frame holds the tensor's zero point
+ * (lifted), which TFLite's padding contributes. Only an instruction set whose table says `lifted` runs
+ * programs with such tensors. */
+typedef struct {
+    int h, w, c, pad, pixel, lift, zero_point;
+} layout_t;
+
+/* One layer of a network program: what it reads and writes are slots, buffers of one image each. */
+#define OP_CONV_S8 0  /* int8 input */
+#define OP_CONV_S32 1 /* the network's int32 input (the first layer) */
+#define OP_ADD 2
+#define OP_POOL 3
+#define OP_FLATTEN 4 /* NHWC -> NCHW order of one image (the reference flattens NCHW) */
+
+typedef struct {
+    int kind, in0, in1, out;
+    layout_t from0, from1, to; /* the layouts of in0, in1 and out */
+    conv_shape_t shape;        /* convolutions, with n = 1 */
+    const int8_t *w_vnni;      /* [cout_pad/16][kh*kw][cin4/4][16][4] int8 */
+    const requant_t *q_vnni;
+    const int16_t *w_pairs; /* [cout_pad/16][kh*kw][cin2/2][16][2] int16; OP_CONV_S32: null where the input is too
+                               wide for int16 pairs */
+    const requant_t *q_pairs;
+    const int32_t *w_wide; /* rows of output channels (kh, kw, cin, cout_pad) */
+    const requant_t *q_wide;
+    const int64_t *add_params; /* z1, z2, z_out, M1, s1, M2, s2, Mo, so, act_min, act_max (shifts as TFLite's) */
+    pool_shape_t pool;
+} op_t;
+
+/* An instruction set's entry points. conv runs one image of a convolution op from the slot `in` (its input,
+ * laid out as op->from0) to the slot `out` (op->to; the interpreter fills its frame); add works on runs of
+ * `count` bytes whose lifts say which hold u8 x + 128 instead of int8; add_rescale is one ADD input's
+ * rescaling alone, as this instruction set computes it (for the tests). */
+typedef struct {
+    int level;
+    int lifted; /* runs the lifted, framed layout */
+    int (*conv)(const op_t *op, const void *in, void *out);
+    int (*add)(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y, int lift_a,
+               int lift_b, int lift_y);
+    int (*add_rescale)(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out);
+} isa_t;
+
+/* A network program: its ops over slots, and the instruction set it was built for. */
+typedef struct {
+    const isa_t *isa;
+    const op_t *ops;
+    int count;
+    const int64_t *slot_bytes; /* slot_bytes[k]: the size of slot k (k >= 1; slot 0 is the input image) */
+    int slots;
+    int output;                /* the slot of the output, a plain int8 tensor */
+    int64_t output_bytes, image_values;
+} program_t;
+
+extern const isa_t intrs_isa_portable;
+#if defined(__x86_64__)
+extern const isa_t intrs_isa_avx2;
+extern const isa_t intrs_isa_vnni;
+#endif
+
+/* dispatch.c: the table of `level` if this CPU has it, else null; whether `isa` is a table so granted; the
+ * name of a level. */
+const isa_t *intrs_isa(int level);
+int intrs_isa_granted(const isa_t *isa);
+const char *intrs_isa_name(int level);
+
+/* program.c: a program on n images (ERR_ISA for a table dispatch.c did not grant); one ADD and one ADD input's
+ * rescaling through a table (for the tests). */
+int intrs_run(const program_t *program, const int32_t *x, int n, int8_t *y);
+int intrs_add(const isa_t *isa, const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y);
+int intrs_add_rescale(const isa_t *isa, const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
+                      int32_t *out);
+
+/* portable.c: the plain-C layers, which the other instruction sets call for what they don't vectorize. */
+int intrs_conv_portable(const op_t *op, const void *in, void *out);
+int intrs_add_portable(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y,
+                       int lift_a, int lift_b, int lift_y);
+int intrs_add_rescale_portable(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
+                               int32_t *out);
+int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y);
+
+/* ------------------------------------------------------------------ scalar definitions, shared */
+
+INLINE int out_of_int32(int64_t v) { return v < INT32_MIN || v > INT32_MAX; }
+
+/* gemmlowp's MultiplyByQuantizedMultiplier in the fused form engine.requantize documents:
+ * floor((a M0 + 2^30) / 2^31), then division by 2^right rounding half away from zero. */
+INLINE int64_t requant_scalar(int64_t acc, int64_t mult, int64_t left, int64_t right, int64_t half, int *err) {
+    if (out_of_int32(acc)) {
+        *err = ERR_OVERFLOW;
+        return 0;
+    }
+    int64_t lifted = acc * ((int64_t)1 << left);
+    if (left && out_of_int32(lifted)) *err = ERR_OVERFLOW;
+    int64_t p = (lifted * mult + ((int64_t)1 << 30)) >> 31;
+    p = p + half - (int64_t)(p < 0 && right > 0);
+    return p >> right;
+}
+
+INLINE int8_t finish_scalar(int64_t v, const requant_t *q) {
+    v += q->zero_point;
+    v = v < q->act_min ? q->act_min : v;
+    v = v > q->act_max ? q->act_max : v;
+    return (int8_t)v;
+}
+
+INLINE int64_t layout_row(const layout_t *l) { return (int64_t)(l->w + 2 * l->pad) * l->pixel; }
+
+/* The first interior pixel of a tensor in its slot. */
+INLINE char *interior(const void *slot, const layout_t *l) {
+    return (char *)slot + l->pad * layout_row(l) + l->pad * l->pixel;
+}
+
+/* Plain int8 NHWC: no frame, no lift, pixels of c bytes. */
+INLINE int plain(const layout_t *l) { return !l->pad && !l->lift && l->pixel == l->c; }
+
+#endif

@@ -1,0 +1,98 @@
+/* The network-program interpreter: a model's layers as ops over slots, one image through every layer at a
+ * time, so that its activations stay in the core's caches. It knows layouts, not instructions: every layer
+ * runs through the instruction-set table the program carries (pools and the flatten are plain C). */
+#include "kernels.h"
+
+/* Fills the frame of a tensor just written with its zero point, lifted as the tensor is. */
+static void fill_frame(void *slot, const layout_t *l) {
+    if (!l->pad) return;
+    const uint8_t value = (uint8_t)(l->zero_point + l->lift);
+    const int64_t row = layout_row(l), side = (int64_t)l->pad * l->pixel;
+    char *base = (char *)slot;
+    memset(base, value, (size_t)(row * l->pad));
+    memset(base + row * (l->pad + l->h), value, (size_t)(row * l->pad));
+    for (int y = l->pad; y < l->pad + l->h; y++) {
+        memset(base + y * row, value, (size_t)side);
+        memset(base + y * row + row - side, value, (size_t)side);
+    }
+}
+
+static int lifted_or_framed(const op_t *op) {
+    return !plain(&op->from0) || !plain(&op->from1) || !plain(&op->to);
+}
+
+static int run_add(const isa_t *isa, const op_t *op, void *const *slot) {
+    const layout_t *la = &op->from0, *lb = &op->from1, *ly = &op->to;
+    if (!lifted_or_framed(op))
+        return isa->add((const int8_t *)slot[op->in0], (const int8_t *)slot[op->in1],
+                        (int64_t)ly->h * ly->w * ly->c, op->add_params, (int8_t *)slot[op->out], 0, 0, 0);
+    /* row by row (the frames differ), every byte of a pixel (the three share their pixel size) */
+    const char *a = interior(slot[op->in0], la), *b = interior(slot[op->in1], lb);
+    char *y = interior(slot[op->out], ly);
+    for (int r = 0; r < ly->h; r++) {
+        int err = isa->add((const int8_t *)a + r * layout_row(la), (const int8_t *)b + r * layout_row(lb),
+                           (int64_t)ly->w * ly->pixel, op->add_params, (int8_t *)y + r * layout_row(ly), la->lift,
+                           lb->lift, ly->lift);
+        if (err) return err;
+    }
+    return 0;
+}
+
+static int run_op(const isa_t *isa, const op_t *op, void *const *slot) {
+    if (lifted_or_framed(op) && !isa->lifted) return ERR_UNSUPPORTED; /* the program compiler never asks this */
+    int err = ERR_UNSUPPORTED;
+    switch (op->kind) {
+        case OP_CONV_S8:
+        case OP_CONV_S32: err = isa->conv(op, slot[op->in0], slot[op->out]); break;
+        case OP_ADD: err = run_add(isa, op, slot); break;
+        case OP_POOL:
+            /* the program compiler lifts only tensors that convolutions and ADDs alone read */
+            if (lifted_or_framed(op)) return ERR_UNSUPPORTED;
+            return intrs_pool((const int8_t *)slot[op->in0], &op->pool, (int8_t *)slot[op->out]);
+        case OP_FLATTEN: {
+            if (lifted_or_framed(op)) return ERR_UNSUPPORTED;
+            const layout_t *from = &op->from0;
+            const int8_t *x = (const int8_t *)slot[op->in0];
+            int8_t *y = (int8_t *)slot[op->out];
+            for (int c = 0; c < from->c; c++)
+                for (int i = 0; i < from->h * from->w; i++) y[c * from->h * from->w + i] = x[i * from->c + c];
+            return 0;
+        }
+    }
+    if (!err) fill_frame(slot[op->out], &op->to);
+    return err;
+}
+
+/* Runs a program on n images: x holds n int32 images of image_values each (slot 0), y gets output_bytes of
+ * the output slot per image. A program whose table this CPU was not granted is refused (ERR_ISA). */
+int intrs_run(const program_t *p, const int32_t *x, int n, int8_t *y) {
+    if (!intrs_isa_granted(p->isa)) return ERR_ISA;
+    void *slot[64];
+    if (p->slots > 64 || p->output < 1 || p->output >= p->slots) return ERR_UNSUPPORTED;
+    int64_t total = 0;
+    for (int k = 1; k < p->slots; k++) total += (p->slot_bytes[k] + 63) & ~(int64_t)63;
+    char *arena = (char *)aligned_alloc(64, (size_t)(total > 0 ? total : 64));
+    if (!arena) return ERR_MEMORY;
+    for (int64_t k = 1, at = 0; k < p->slots; at += (p->slot_bytes[k] + 63) & ~(int64_t)63, k++) slot[k] = arena + at;
+    int err = 0;
+    for (int b = 0; b < n && !err; b++) {
+        slot[0] = (void *)(x + (int64_t)b * p->image_values);
+        for (int i = 0; i < p->count && !err; i++) err = run_op(p->isa, p->ops + i, slot);
+        if (!err) memcpy(y + (int64_t)b * p->output_bytes, slot[p->output], (size_t)p->output_bytes);
+    }
+    free(arena);
+    return err;
+}
+
+/* One ADD on int8 runs through an instruction set's table (for the tests). */
+int intrs_add(const isa_t *isa, const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y) {
+    if (!intrs_isa_granted(isa)) return ERR_ISA;
+    return isa->add(a, b, count, params, y, 0, 0, 0);
+}
+
+/* One ADD input's rescaling through an instruction set's table (for the tests). */
+int intrs_add_rescale(const isa_t *isa, const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
+                      int32_t *out) {
+    if (!intrs_isa_granted(isa)) return ERR_ISA;
+    return isa->add_rescale(x, count, z, mult, shift, out);
+}
