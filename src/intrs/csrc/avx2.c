@@ -139,10 +139,12 @@ static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, 
 }
 
 /* ADD in 8 int32 lanes (shifts <= 0, as TFLite validates: see vnni.c's add_vnni), on int8 runs only. */
-static int add_avx2(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y, int lift_a,
-                    int lift_b, int lift_y) {
-    if (lift_a || lift_b || lift_y) return ERR_UNSUPPORTED;
-    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(a, b, count, p, y, 0, 0, 0);
+static int add_avx2(const op_t *op, const void *in0, const void *in1, void *out) {
+    if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
+    const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
+    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(op, in0, in1, out);
+    const int8_t *a = in0, *b = in1;
+    int8_t *y = out;
     requant_t q = {0};
     q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
     const __m256i zero = _mm256_setzero_si256();
@@ -168,7 +170,10 @@ static int add_avx2(const int8_t *a, const int8_t *b, int64_t count, const int64
         }
         _mm_storeu_si128((__m128i *)(y + i), pack16_avx2(out[0], out[1]));
     }
-    return intrs_add_portable(a + i, b + i, count - i, p, y + i, 0, 0, 0);
+    /* the tail: the portable loop on the last count - i values */
+    op_t tail = *op;
+    tail.from0 = tail.from1 = tail.to = (layout_t){1, (int)(count - i), 1, 0, 1, 0, 0};
+    return intrs_add_portable(&tail, a + i, b + i, y + i);
 }
 
 /* Plain layouts only: int8 layers and the first layer through int16 pairs (where the program offers them). */

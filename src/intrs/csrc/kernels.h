@@ -111,16 +111,15 @@ typedef struct {
     pool_shape_t pool;
 } op_t;
 
-/* An instruction set's entry points. conv runs one image of a convolution op from the slot `in` (its input,
- * laid out as op->from0) to the slot `out` (op->to; the interpreter fills its frame); add works on runs of
- * `count` bytes whose lifts say which hold u8 x + 128 instead of int8; add_rescale is one ADD input's
- * rescaling alone, as this instruction set computes it (for the tests). */
+/* An instruction set's entry points. conv and add run one image of a layer op from its input slots (laid out
+ * as op->from0 and op->from1) to the slot `out` (op->to; the interpreter fills its frame), returning
+ * ERR_UNSUPPORTED for a layout this instruction set doesn't run; add_rescale is one ADD input's rescaling
+ * alone, as this instruction set computes it (for the tests). */
 typedef struct {
     int level;
     int lifted; /* runs the lifted, framed layout */
     int (*conv)(const op_t *op, const void *in, void *out);
-    int (*add)(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y, int lift_a,
-               int lift_b, int lift_y);
+    int (*add)(const op_t *op, const void *a, const void *b, void *out);
     int (*add_rescale)(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out);
 } isa_t;
 
@@ -156,8 +155,7 @@ int intrs_add_rescale(const isa_t *isa, const int8_t *x, int64_t count, int64_t 
 
 /* portable.c: the plain-C layers, which the other instruction sets call for what they don't vectorize. */
 int intrs_conv_portable(const op_t *op, const void *in, void *out);
-int intrs_add_portable(const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y,
-                       int lift_a, int lift_b, int lift_y);
+int intrs_add_portable(const op_t *op, const void *a, const void *b, void *out);
 int intrs_add_rescale_portable(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
                                int32_t *out);
 int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y);

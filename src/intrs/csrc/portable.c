@@ -45,9 +45,12 @@ int intrs_conv_portable(const op_t *op, const void *in, void *out) {
     return conv_wide_s32((const int32_t *)in, &op->shape, op->w_wide, op->q_wide, out);
 }
 
-int intrs_add_portable(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y, int lift_a,
-                       int lift_b, int lift_y) {
-    if (lift_a || lift_b || lift_y) return ERR_UNSUPPORTED;
+/* TFLite's int8 AddFunc on plain tensors. */
+int intrs_add_portable(const op_t *op, const void *in0, const void *in1, void *out) {
+    if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
+    const int8_t *a = in0, *b = in1;
+    int8_t *y = out;
+    const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
     int err = 0;
     requant_t q = {0};
     q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];

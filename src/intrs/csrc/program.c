@@ -1,6 +1,6 @@
 /* The network-program interpreter: a model's layers as ops over slots, one image through every layer at a
- * time, so that its activations stay in the core's caches. It knows layouts, not instructions: every layer
- * runs through the instruction-set table the program carries (pools and the flatten are plain C). */
+ * time, so that its activations stay in the core's caches. It knows slots, not instructions: every convolution
+ * and ADD runs through the instruction-set table the program carries (pools and the flatten are plain C). */
 #include "kernels.h"
 
 /* Fills the frame of a tensor just written with its zero point, lifted as the tensor is. */
@@ -21,30 +21,12 @@ static int lifted_or_framed(const op_t *op) {
     return !plain(&op->from0) || !plain(&op->from1) || !plain(&op->to);
 }
 
-static int run_add(const isa_t *isa, const op_t *op, void *const *slot) {
-    const layout_t *la = &op->from0, *lb = &op->from1, *ly = &op->to;
-    if (!lifted_or_framed(op))
-        return isa->add((const int8_t *)slot[op->in0], (const int8_t *)slot[op->in1],
-                        (int64_t)ly->h * ly->w * ly->c, op->add_params, (int8_t *)slot[op->out], 0, 0, 0);
-    /* row by row (the frames differ), every byte of a pixel (the three share their pixel size) */
-    const char *a = interior(slot[op->in0], la), *b = interior(slot[op->in1], lb);
-    char *y = interior(slot[op->out], ly);
-    for (int r = 0; r < ly->h; r++) {
-        int err = isa->add((const int8_t *)a + r * layout_row(la), (const int8_t *)b + r * layout_row(lb),
-                           (int64_t)ly->w * ly->pixel, op->add_params, (int8_t *)y + r * layout_row(ly), la->lift,
-                           lb->lift, ly->lift);
-        if (err) return err;
-    }
-    return 0;
-}
-
 static int run_op(const isa_t *isa, const op_t *op, void *const *slot) {
-    if (lifted_or_framed(op) && !isa->lifted) return ERR_UNSUPPORTED; /* the program compiler never asks this */
     int err = ERR_UNSUPPORTED;
     switch (op->kind) {
         case OP_CONV_S8:
         case OP_CONV_S32: err = isa->conv(op, slot[op->in0], slot[op->out]); break;
-        case OP_ADD: err = run_add(isa, op, slot); break;
+        case OP_ADD: err = isa->add(op, slot[op->in0], slot[op->in1], slot[op->out]); break;
         case OP_POOL:
             /* the program compiler lifts only tensors that convolutions and ADDs alone read */
             if (lifted_or_framed(op)) return ERR_UNSUPPORTED;
@@ -87,7 +69,11 @@ int intrs_run(const program_t *p, const int32_t *x, int n, int8_t *y) {
 /* One ADD on int8 runs through an instruction set's table (for the tests). */
 int intrs_add(const isa_t *isa, const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y) {
     if (!intrs_isa_granted(isa)) return ERR_ISA;
-    return isa->add(a, b, count, params, y, 0, 0, 0);
+    if (count > INT32_MAX) return ERR_UNSUPPORTED;
+    op_t op = {0};
+    op.kind = OP_ADD, op.add_params = params;
+    op.from0 = op.from1 = op.to = (layout_t){1, (int)count, 1, 0, 1, 0, 0};
+    return isa->add(&op, a, b, y);
 }
 
 /* One ADD input's rescaling through an instruction set's table (for the tests). */

@@ -413,60 +413,97 @@ INLINE __m512i add_input_fused(__m512i x, const add_input_t *in) {
     return _mm512_add_epi32(_mm512_mullo_epi32(x, in->a), _mm512_sra_epi32(low, in->q));
 }
 
-/* ADD through requant_fused and add_input_fused where their bounds hold (input shifts >= -10, output shift
- * in [-21, 0]); returns 1 if it ran. */
-static int add_vnni_fused(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y,
-                          int lift_a, int lift_b, int lift_y) {
-    if (p[4] < -10 || p[6] < -10 || p[8] < -21 || p[4] > 0 || p[6] > 0 || p[8] > 0) return 0;
-    const int64_t z1 = p[0] + lift_a, z2 = p[1] + lift_b, r = -p[8], m = p[7];
-    const add_input_t in1 = add_input_of(z1, p[3], p[4]), in2 = add_input_of(z2, p[5], p[6]);
+/* One ADD layer's constants in 16 int32 lanes, computed once for all its rows. TFLite validates ADD's shifts
+ * <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs stays below 2^30, so int32 lanes
+ * suffice. Where the input shifts are >= -10 and the output shift in [-21, 0] the fused forms serve
+ * (requant_fused and add_input_fused); otherwise add_input16 and requant16. The lifts (0 or 128) say which of
+ * the inputs and the output hold u8 values x + 128 (a network program's layout) instead of int8: the zero
+ * points and bounds move by the lift. */
+typedef struct {
+    int fused, relu, lift_a, lift_b;
+    add_input_t in1, in2; /* fused */
+    fused_t f;
+    __m512i lo, hi;
+    lanes_t c1, c2, co; /* not fused */
+    __m512i z1, z2;
+} add_plan_t;
+
+static void add_plan(add_plan_t *plan, const int64_t *p, int lift_a, int lift_b, int lift_y) {
+    const int64_t z1 = p[0] + lift_a, z2 = p[1] + lift_b;
+    plan->lift_a = lift_a, plan->lift_b = lift_b;
+    plan->fused = p[4] >= -10 && p[6] >= -10 && p[8] >= -21;
+    if (!plan->fused) {
+        plan->c1 = lanes_of(p[3], p[4], 0, 0, 0), plan->c2 = lanes_of(p[5], p[6], 0, 0, 0);
+        plan->co = lanes_of(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
+        plan->z1 = _mm512_set1_epi32((int32_t)z1), plan->z2 = _mm512_set1_epi32((int32_t)z2);
+        return;
+    }
+    const int64_t r = -p[8], m = p[7];
+    plan->in1 = add_input_of(z1, p[3], p[4]), plan->in2 = add_input_of(z2, p[5], p[6]);
     /* the sum of the two rescaled inputs is s + zA, zA = z1 A1 + z2 A2, folded into the output's constants */
     const int64_t za = z1 * (p[3] >> (11 - p[4])) + z2 * (p[5] >> (11 - p[6]));
     const int64_t add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
                         (p[2] + lift_y) * ((int64_t)1 << (31 + r));
-    fused_t f;
-    f.mult = _mm512_set1_epi32((int32_t)m), f.mult_odd = _mm512_set1_epi64(m);
-    f.add[0] = f.add[1] = _mm512_set1_epi64(add);
-    f.below[0] = f.below[1] = _mm512_set1_epi64(za * m - ((int64_t)1 << 30));
-    f.fix[0] = f.fix[1] = _mm512_set1_epi64(r ? (int64_t)1 << 31 : 0);
-    f.shift[0] = f.shift[1] = _mm512_set1_epi64(31 + r);
-    const __m512i lo = _mm512_set1_epi32((int32_t)(p[9] + lift_y)), hi = _mm512_set1_epi32((int32_t)(p[10] + lift_y));
-    const int relu = p[9] >= p[2];
-    for (int64_t i = 0; i < count; i += 16) {
-        __mmask16 k = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
-        __m128i ra = _mm_maskz_loadu_epi8(k, a + i), rb = _mm_maskz_loadu_epi8(k, b + i);
-        __m512i xa = lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);
-        __m512i xb = lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);
-        __m512i sum = _mm512_add_epi32(add_input_fused(xa, &in1), add_input_fused(xb, &in2));
-        __m512i v = _mm512_min_epi32(_mm512_max_epi32(requant_fused(sum, &f, relu), lo), hi);
-        _mm_mask_storeu_epi8(y + i, k, _mm512_cvtepi32_epi8(v));
-    }
-    return 1;
+    fused_t *f = &plan->f;
+    f->mult = _mm512_set1_epi32((int32_t)m), f->mult_odd = _mm512_set1_epi64(m);
+    f->add[0] = f->add[1] = _mm512_set1_epi64(add);
+    f->below[0] = f->below[1] = _mm512_set1_epi64(za * m - ((int64_t)1 << 30));
+    f->fix[0] = f->fix[1] = _mm512_set1_epi64(r ? (int64_t)1 << 31 : 0);
+    f->shift[0] = f->shift[1] = _mm512_set1_epi64(31 + r);
+    plan->lo = _mm512_set1_epi32((int32_t)(p[9] + lift_y)), plan->hi = _mm512_set1_epi32((int32_t)(p[10] + lift_y));
+    plan->relu = p[9] >= p[2];
 }
 
-/* TFLite validates ADD's shifts <= 0: then |(x - z) 2^20| < 2^28 and the sum of the two rescaled inputs
- * stays below 2^30, so int32 lanes suffice (any other model takes the portable loop). lift_a, lift_b and
- * lift_y (0 or 128) say which of a, b and y hold u8 values x + 128 (a network program's layout) instead of
- * int8: the zero points and bounds move by the lift. */
-static int add_vnni(const int8_t *a, const int8_t *b, int64_t count, const int64_t *p, int8_t *y, int lift_a,
-                    int lift_b, int lift_y) {
-    if (add_vnni_fused(a, b, count, p, y, lift_a, lift_b, lift_y)) return 0;
-    if (p[4] > 0 || p[6] > 0 || p[8] > 0) {
-        if (lift_a || lift_b || lift_y) return ERR_OVERFLOW; /* the reference engine decides */
-        return intrs_add_portable(a, b, count, p, y, 0, 0, 0);
+/* count bytes of one run of each operand through a plan */
+#define ADD_LOOP(BODY)                                                                                          \
+    for (int64_t i = 0; i < count; i += 16) {                                                                   \
+        __mmask16 k = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);               \
+        __m128i ra = _mm_maskz_loadu_epi8(k, a + i), rb = _mm_maskz_loadu_epi8(k, b + i);                       \
+        __m512i xa = plan->lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);                        \
+        __m512i xb = plan->lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);                        \
+        _mm_mask_storeu_epi8(y + i, k, BODY);                                                                   \
     }
-    const lanes_t c1 = lanes_of(p[3], p[4], 0, 0, 0), c2 = lanes_of(p[5], p[6], 0, 0, 0);
-    const lanes_t co = lanes_of(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
-    const __m512i z1 = _mm512_set1_epi32((int32_t)(p[0] + lift_a)), z2 = _mm512_set1_epi32((int32_t)(p[1] + lift_b));
-    for (int64_t i = 0; i < count; i += 16) {
-        __mmask16 m = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
-        __m128i ra = _mm_maskz_loadu_epi8(m, a + i), rb = _mm_maskz_loadu_epi8(m, b + i);
-        __m512i xa = lift_a ? _mm512_cvtepu8_epi32(ra) : _mm512_cvtepi8_epi32(ra);
-        __m512i xb = lift_b ? _mm512_cvtepu8_epi32(rb) : _mm512_cvtepi8_epi32(rb);
-        __m512i sum = _mm512_add_epi32(add_input16(_mm512_sub_epi32(xa, z1), &c1),
-                                       add_input16(_mm512_sub_epi32(xb, z2), &c2));
-        _mm_mask_storeu_epi8(y + i, m, finish16_32(requant16(sum, &co), &co));
+
+INLINE __m128i add_fused16(const add_plan_t *plan, __m512i xa, __m512i xb) {
+    __m512i sum = _mm512_add_epi32(add_input_fused(xa, &plan->in1), add_input_fused(xb, &plan->in2));
+    __m512i v = requant_fused(sum, &plan->f, plan->relu);
+    return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, plan->lo), plan->hi));
+}
+
+INLINE __m128i add_lanes16(const add_plan_t *plan, __m512i xa, __m512i xb) {
+    __m512i sum = _mm512_add_epi32(add_input16(_mm512_sub_epi32(xa, plan->z1), &plan->c1),
+                                   add_input16(_mm512_sub_epi32(xb, plan->z2), &plan->c2));
+    return finish16_32(requant16(sum, &plan->co), &plan->co);
+}
+
+static void add_run(const add_plan_t *plan, const int8_t *a, const int8_t *b, int64_t count, int8_t *y) {
+    if (plan->fused) { /* one loop per form: the branch stays out of the loop */
+        ADD_LOOP(add_fused16(plan, xa, xb))
+    } else {
+        ADD_LOOP(add_lanes16(plan, xa, xb))
     }
+}
+#undef ADD_LOOP
+
+/* One ADD layer in any layout a VNNI program gives it: plain tensors in one run, framed ones row by row (the
+ * frames differ; the three share their pixel size). A positive shift (which TFLite refuses) takes the portable
+ * loop on plain tensors, the reference engine otherwise. */
+static int add_vnni(const op_t *op, const void *a, const void *b, void *y) {
+    const layout_t *la = &op->from0, *lb = &op->from1, *ly = &op->to;
+    const int64_t *p = op->add_params;
+    const int flat = plain(la) && plain(lb) && plain(ly);
+    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return flat ? intrs_add_portable(op, a, b, y) : ERR_OVERFLOW;
+    add_plan_t plan;
+    add_plan(&plan, p, la->lift, lb->lift, ly->lift);
+    if (flat) {
+        add_run(&plan, a, b, (int64_t)ly->h * ly->w * ly->c, y);
+        return 0;
+    }
+    const char *ra = interior(a, la), *rb = interior(b, lb);
+    char *ry = interior(y, ly);
+    for (int r = 0; r < ly->h; r++)
+        add_run(&plan, (const int8_t *)ra + r * layout_row(la), (const int8_t *)rb + r * layout_row(lb),
+                (int64_t)ly->w * ly->pixel, (int8_t *)ry + r * layout_row(ly));
     return 0;
 }
 
