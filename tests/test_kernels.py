@@ -115,6 +115,25 @@ def test_resnet20_through_the_kernels_equals_the_reference(isa, shape):
                        engine.reference_forward(integer, z))
 
 
+def test_small_batch_certification_votes_on_every_instruction_set_equal_the_reference_engine(isa, monkeypatch):
+    """The issue's reproduction of the crash on CPUs without AVX-512 (the counting loop in batches of 16 on the
+    kernels' threads), on each instruction set: the same votes as the reference engine, image by image."""
+    from intrs.noise import DiscreteGaussianNoise
+    from intrs.smoothing import SmoothedClassifier
+    from intrs.systems import IntegerClassifier
+
+    model = random_model(14, 1, 16, 12, "global", False)
+    pixels = [torch.randint(0, 256, (1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+              for k in range(4)]
+    noise = DiscreteGaussianNoise(0.25)
+    votes = [SmoothedClassifier(IntegerClassifier(model, isa), noise, 7, batch_size=16).sample_counts(p, 160, k)
+             for k, p in enumerate(pixels)]
+    monkeypatch.setenv(kernels.ENGINE_ENV, "reference")
+    want = [SmoothedClassifier(IntegerClassifier(model), noise, 7, batch_size=16).sample_counts(p, 160, k)
+            for k, p in enumerate(pixels)]
+    assert all(np.array_equal(a, b) for a, b in zip(votes, want))
+
+
 def test_engine_forward_uses_the_kernels_and_agrees(isa):
     model = random_model(3, 1, 16, 12, "global", False)
     z = torch.randint(-300, 600, (64, 1, 12, 12), dtype=torch.int32)
