@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up intrs on a fresh machine, idempotently: Fashion-MNIST and qemu-user from Debian (where apt exists),
-# a virtual environment in .venv with torch 2.13.0 (CPU build) and intrs installed editable.
+# Sets up intrs on a fresh machine, idempotently: Fashion-MNIST, qemu-user and an aarch64 cross compiler from
+# Debian (where apt exists), a virtual environment in .venv with torch 2.13.0 (CPU build) and intrs installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,13 +13,17 @@ if [ ! -e "$fmnist/t10k-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null
     || echo "setup: could not install dataset-fashion-mnist; pass --data-dir to a Fashion-MNIST folder" >&2
 fi
 
-# qemu-user: the kernel tests run their instruction-set probe on emulated CPUs without AVX-512 or AVX2
-if ! command -v qemu-x86_64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# the kernels' tests: qemu-user runs their probe on emulated CPUs (x86 without AVX-512 or AVX2, aarch64 with and
+# without the dot-product instructions), gcc-aarch64-linux-gnu cross-compiles the NEON kernels
+tools=()
+command -v qemu-x86_64 >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 || tools+=(qemu-user)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || tools+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+if [ ${#tools[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "setup: installing qemu-user (Debian package) for the kernels' emulated-CPU tests" >&2
-  $sudo apt-get install -y -q qemu-user >/dev/null 2>&1 \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q qemu-user >/dev/null; } \
-    || echo "setup: could not install qemu-user; the emulated-CPU tests will be skipped" >&2
+  echo "setup: installing ${tools[*]} (Debian packages) for the kernels' emulated-CPU tests" >&2
+  $sudo apt-get install -y -q "${tools[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${tools[@]}" >/dev/null; } \
+    || echo "setup: could not install ${tools[*]}; the emulated-CPU tests will be skipped" >&2
 fi
 
 python=$(command -v python3.11 || command -v python3)

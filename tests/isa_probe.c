@@ -1,7 +1,8 @@
 /* Which instruction sets the kernels grant on this CPU, and that each granted one computes what the portable
  * kernels compute, run through the same tables and interpreter the Python package uses. Built from the
- * kernels' objects (csrc/build.sh) by tests/test_kernels.py and run natively and under qemu-x86_64 with
- * CPUs that lack AVX-512 or AVX2: code for instructions a CPU lacks must be refused, never run (SIGILL).
+ * kernels' objects (csrc/build.sh) by tests/test_kernels.py and run natively, under qemu-x86_64 with CPUs that
+ * lack AVX-512 or AVX2, and cross-compiled under qemu-aarch64 with and without the dot-product instructions:
+ * code for instructions a CPU lacks must be refused, never run (SIGILL).
  * Prints one line per check; exits 1 on a disagreement. */
 #include <stdio.h>
 
@@ -25,7 +26,7 @@ static int8_t weight[COUT][CIN][K][K];
 static int32_t w_wide[K * K * CIN][COUT];
 static int16_t w_pairs[K * K][CIN / 2][16][2];
 static int8_t w_vnni[K * K][CIN / 4][16][4];
-static int64_t bias[COUT], offset_vnni[COUT], mult[COUT], left[COUT], right[COUT], half[COUT];
+static int64_t bias[COUT], offset_vnni[COUT], offset_sdot[COUT], mult[COUT], left[COUT], right[COUT], half[COUT];
 static int32_t bias32[COUT], mult32[COUT], right32[COUT], half32[COUT];
 
 static requant_t requant(const int64_t *offset, int fast32, int64_t zero_point) {
@@ -53,6 +54,7 @@ int main(void) {
                     w_vnni[kk][c / 4][o][c % 4] = v;
                 }
         bias[o] = uniform(-20000, 20000), offset_vnni[o] = bias[o] - (z_in + 128) * sum;
+        offset_sdot[o] = bias[o] - z_in * sum;
         mult[o] = uniform((int64_t)1 << 30, ((int64_t)1 << 31) - 1), right[o] = uniform(6, 12), left[o] = 0;
         half[o] = ((int64_t)1 << right[o]) >> 1;
         bias32[o] = (int32_t)bias[o], mult32[o] = (int32_t)mult[o], right32[o] = (int32_t)right[o];
@@ -60,14 +62,14 @@ int main(void) {
     }
     /* |acc| <= 255 * 144 * 127 + 20000 < 2^30: the int32-lane epilogue (AVX2's fast32) holds */
     const requant_t q_wide = requant(bias, 0, z_out), q_pairs = requant(bias, 1, z_out);
-    const requant_t q_vnni = requant(offset_vnni, 0, z_out);
+    const requant_t q_vnni = requant(offset_vnni, 0, z_out), q_sdot = requant(offset_sdot, 0, z_out);
     op_t op = {0};
     op.in0 = op.in1 = 0, op.out = 1; /* slot 0: the program's input */
     op.from0 = op.from1 = (layout_t){H, H, CIN, 0, CIN, 0, 0};
     op.to = (layout_t){H, H, COUT, 0, COUT, 0, 0};
     op.shape = (conv_shape_t){1, H, H, CIN, COUT, COUT, K, K, 1, 1, 1, 1, H, H, z_in};
     op.w_wide = &w_wide[0][0], op.q_wide = &q_wide, op.w_pairs = &w_pairs[0][0][0][0], op.q_pairs = &q_pairs;
-    op.w_vnni = &w_vnni[0][0][0][0], op.q_vnni = &q_vnni;
+    op.w_vnni = &w_vnni[0][0][0][0], op.q_vnni = &q_vnni, op.q_sdot = &q_sdot;
 
     int8_t x8[H * H * CIN];
     int32_t x32[H * H * CIN];
@@ -116,7 +118,11 @@ int main(void) {
     bad |= rc != ERR_ISA;
 #if defined(__x86_64__)
     const isa_t *tables[] = {&intrs_isa_avx2, &intrs_isa_vnni};
-    for (int k = 0; k < 2; k++)
+#elif defined(__aarch64__)
+    const isa_t *tables[] = {&intrs_isa_neon};
+#endif
+#if defined(__x86_64__) || defined(__aarch64__)
+    for (int k = 0; k < (int)(sizeof tables / sizeof tables[0]); k++)
         if (!intrs_isa(tables[k]->level)) {
             program.isa = tables[k];
             rc = intrs_run(&program, x32, 1, NULL);

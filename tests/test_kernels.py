@@ -354,21 +354,43 @@ def test_intrs_engine_names_the_default_instruction_set(monkeypatch):
 EMULATED_CPUS = {"Haswell": ("portable", "avx2"), "Nehalem": ("portable",)}
 
 
-@pytest.fixture(scope="module")
-def isa_probe(tmp_path_factory):
-    """tests/isa_probe.c linked with the kernels' objects, each built with its own flags (csrc/build.sh)."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler here")
+def _objects(out: Path, compiler: str, machine: str) -> list[str]:
+    """The kernels' objects for ``machine``, each file built with its own flags (csrc/build.sh)."""
+    import os
     import subprocess
 
     csrc = Path(kernels.__file__).parent / "csrc"
-    out = tmp_path_factory.mktemp("probe")
-    objects = subprocess.run(["bash", str(csrc / "build.sh"), str(out)], check=True, capture_output=True,
-                             text=True).stdout.split()
-    subprocess.run([compiler, "-O2", "-std=c11", "-I", str(csrc), str(Path(__file__).parent / "isa_probe.c"),
-                    *objects, "-pthread", "-o", str(out / "probe")], check=True)
-    return out / "probe"
+    env = {**os.environ, "CC": compiler, "MACHINE": machine}
+    return subprocess.run(["bash", str(csrc / "build.sh"), str(out)], check=True, capture_output=True, text=True,
+                          env=env).stdout.split()
+
+
+def _link(out: Path, compiler: str, objects: list[str], source: str, *flags: str) -> Path:
+    import subprocess
+
+    csrc = Path(kernels.__file__).parent / "csrc"
+    binary = out / Path(source).stem
+    subprocess.run([compiler, "-O2", "-std=c11", "-I", str(csrc), str(Path(__file__).parent / source), *objects,
+                    "-pthread", *flags, "-o", str(binary)], check=True)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def native_build(tmp_path_factory):
+    """This machine's compiler and the kernels' objects built with it (once: vnni.c takes a while)."""
+    import platform
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler here")
+    out = tmp_path_factory.mktemp("native")
+    return out, compiler, _objects(out, compiler, platform.machine())
+
+
+@pytest.fixture(scope="module")
+def isa_probe(native_build):
+    """tests/isa_probe.c linked with the kernels' objects."""
+    return _link(*native_build, "isa_probe.c")
 
 
 def _granted(output: str) -> tuple[str, ...]:
@@ -401,3 +423,57 @@ def test_isa_probe_on_emulated_cpus_without_avx512_or_avx2_refuses_what_they_lac
     for name in kernels.INSTRUCTION_SETS:
         if name not in EMULATED_CPUS[cpu]:
             assert f"refused {name}" in run.stdout
+
+
+def _program_images(tmp_path, cases) -> list[Path]:
+    """Programs of random models (plain layouts: what every instruction set runs) with inputs and the
+    reference engine's outputs, as files tests/program_image.c runs."""
+    paths = []
+    for seed, cin, width, size, pool in cases:
+        model = random_model(seed, cin, width, size, pool, False)
+        z = torch.from_numpy(np.random.default_rng(seed).integers(-300, 600, size=(5, cin, size, size))
+                             .astype(np.int32))
+        x = z.permute(0, 2, 3, 1).contiguous()
+        program = kernels.Plan(model).program(tuple(x.shape[1:]), int(z.min()), int(z.max()), "portable")
+        path = tmp_path / f"program-{seed}.bin"
+        path.write_bytes(program.image(x, engine.reference_forward(model, z).reshape(len(z), -1)))
+        paths.append(path)
+    return paths
+
+
+PROGRAM_CASES = [(21, 1, 16, 8, "global"), (22, 3, 19, 7, "window"), (23, 5, 32, 9, "max"), (24, 7, 4, 6, "global")]
+
+
+def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_build):
+    import subprocess
+
+    if kernels.library() is None:
+        pytest.skip("no compiled kernels here")
+    binary = _link(*native_build, "program_image.c")
+    for path in _program_images(tmp_path, PROGRAM_CASES):
+        run = subprocess.run([str(binary), str(path)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stdout.count(" 0 of ") == len(kernels.instruction_sets())
+
+
+# qemu-aarch64 CPUs: "max" has the dot-product instructions, a Cortex-A53 (Armv8.0) has not
+AARCH64_CPUS = {"max": ("portable", "neon-dotprod"), "cortex-a53": ("portable",)}
+
+
+@pytest.mark.parametrize("cpu", AARCH64_CPUS)
+def test_aarch64_neon_kernels_under_qemu_equal_the_reference_engine(tmp_path, cpu):
+    """The NEON kernels, cross-compiled for aarch64 and run under qemu-aarch64: every logit of random models
+    (odd channels, strides, pools, a residual ADD) equals the reference engine's, and the dot-product kernels
+    are granted only on a CPU that has them. (Speed under emulation means nothing.)"""
+    import subprocess
+
+    compiler, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if compiler is None or qemu is None:
+        pytest.skip("MISSING aarch64 toolchain: needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian's "
+                    "gcc-aarch64-linux-gnu and qemu-user; bash scripts/setup.sh installs them where apt exists)")
+    binary = _link(tmp_path, compiler, _objects(tmp_path, compiler, "aarch64"), "program_image.c", "-static")
+    for path in _program_images(tmp_path, PROGRAM_CASES):
+        run = subprocess.run([qemu, "-cpu", cpu, str(binary), str(path)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert _granted(run.stdout) == AARCH64_CPUS[cpu]
+        assert run.stdout.count(" 0 of ") == len(AARCH64_CPUS[cpu])

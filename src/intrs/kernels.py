@@ -41,12 +41,12 @@ from .errors import ConfigError, IntrsError
 from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
-_ABI = 3
+_ABI = 4
 _INT32_LIMIT = 2 ** 31 - 1
 
 # The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
 # the library's answer (``instruction_sets``).
-INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni")
+INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni", "neon-dotprod")
 
 
 class KernelsBuildError(IntrsError):
@@ -90,8 +90,8 @@ OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
 class Op(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + \
                [(name, Layout) for name in ("from0", "from1", "to")] + [("shape", ConvShape)] + \
-               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "w_pairs", "q_pairs", "w_wide", "q_wide",
-                                                     "add_params")] + [("pool", PoolShape)]
+               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "q_sdot", "w_pairs", "q_pairs", "w_wide",
+                                                     "q_wide", "add_params")] + [("pool", PoolShape)]
 
 
 class Isa(ctypes.Structure):
@@ -379,9 +379,12 @@ class _Conv:
             self.q_pairs8 = requants.make(bias, fast32)
             # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w
             self.w_vnni = _blocks(padded, 4, np.int8)
-            offset = bias - (layer.input_zero_point + 128) * padded.sum(axis=(1, 2, 3))
+            columns = padded.sum(axis=(1, 2, 3))
+            offset = bias - (layer.input_zero_point + 128) * columns
             # the VNNI epilogue: the fused form where its bounds hold, else int64 lanes (no int32-lane form)
             self.q_vnni = requants.make(offset, False, dot_bound=255 * abs_columns)
+            # sdot (NEON) on the signed input: acc = sum x w + b - z_in sum w
+            self.q_sdot = requants.make(bias - layer.input_zero_point * columns, False)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
         self.requants = requants  # owns the arrays the Requant structs point at
@@ -422,6 +425,7 @@ class _Conv:
             if not self.vnni_exact:
                 return None
             op.kind, op.w_vnni, op.q_vnni = OP_CONV_S8, self.weights["w_vnni"], ctypes.addressof(self.q_vnni)
+            op.q_sdot = ctypes.addressof(self.q_sdot)
             op.w_pairs, op.q_pairs = self.weights["w_pairs"], ctypes.addressof(self.q_pairs8)
         return op, (oh, ow, self.cout)
 
@@ -485,6 +489,70 @@ class _Program:
         if rc == ERR_ISA:  # a table is granted before a program is built: this would be a bug, never a fallback
             raise RuntimeError(f"the kernels refused a program built for {self.instruction_set}")
         return None if rc else y
+
+    def image(self, x: torch.Tensor, expected: torch.Tensor) -> bytes:
+        """This program as one relocatable file, with int32 NHWC inputs ``x`` and the int8 outputs they must
+        give: what tests/program_image.c loads on another machine (an aarch64 one under emulation) to run the
+        same ops through its own kernels. Every pointer in the ops and requantization structs becomes 1 + the
+        offset of its buffer in the data block (0: null); the structs' sizes travel with it, to be checked.
+
+        Layout (little-endian int64 words, then blocks): magic b"INTRSPG1"; sizeof op_t, sizeof requant_t,
+        op count, slots, output slot, output bytes, image values, images, data bytes, requant count; the
+        slot sizes; the data offsets of the requant structs; the ops; the data block; x; expected."""
+        buffers: dict[int, bytes] = {}  # by address: every array and struct the ops reach
+
+        def collect(value):
+            if isinstance(value, np.ndarray):
+                buffers.setdefault(value.ctypes.data, value.tobytes())
+            elif isinstance(value, ctypes.Structure):
+                buffers.setdefault(ctypes.addressof(value), bytes(value))
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    collect(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    collect(item)
+            elif isinstance(value, (_Conv, _Add, _Requants)):
+                for item in vars(value).values():
+                    collect(item)
+
+        collect(self.steps)
+        offsets, data = {}, bytearray()
+        for address, blob in buffers.items():
+            offsets[address] = len(data)
+            data += blob + bytes(-len(blob) % 64)
+
+        def relocate(struct: ctypes.Structure) -> bytes:
+            copy = type(struct).from_buffer_copy(bytes(struct))
+            for name, kind in type(struct)._fields_:
+                if kind is ctypes.c_void_p and getattr(copy, name):
+                    if getattr(copy, name) not in offsets:
+                        raise ValueError(f"{type(struct).__name__}.{name} points outside the program's buffers")
+                    setattr(copy, name, offsets[getattr(copy, name)] + 1)
+            return bytes(copy)
+
+        requants = [address for address in buffers if any(
+            address == ctypes.addressof(q) for step in self.steps for q in _requant_structs(step))]
+        for address in requants:
+            at = offsets[address]
+            data[at:at + ctypes.sizeof(Requant)] = relocate(Requant.from_address(address))
+        ops = b"".join(relocate(op) for op in self.ops)
+        header = self.header
+        words = [ctypes.sizeof(Op), ctypes.sizeof(Requant), header.count, header.slots, header.output,
+                 header.output_bytes, header.image_values, len(x), len(data), len(requants)]
+        return b"".join([b"INTRSPG1", np.array(words, dtype="<i8").tobytes(), self.slot_bytes.astype("<i8").tobytes(),
+                         np.array([offsets[a] for a in requants], dtype="<i8").tobytes(), ops, bytes(data),
+                         x.numpy().astype("<i4").tobytes(), expected.numpy().astype(np.int8).tobytes()])
+
+
+def _requant_structs(step) -> list[Requant]:
+    found = []
+    for value in vars(step).values():
+        if isinstance(value, Requant):
+            found.append(value)
+        elif isinstance(value, dict):
+            found += [v for v in value.values() if isinstance(v, Requant)]
+    return found
 
 
 class Plan:

@@ -5,6 +5,13 @@
 
 #include "kernels.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20) /* the kernel's bit for the dot-product instructions (asm/hwcap.h) */
+#endif
+#endif
+
 static pthread_once_t detected = PTHREAD_ONCE_INIT;
 static int has[ISA_COUNT];
 
@@ -18,6 +25,9 @@ static void detect(void) {
                     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512vnni");
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+    has[ISA_NEON] = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
 }
 
 static const isa_t *table_of(int level) {
@@ -26,6 +36,9 @@ static const isa_t *table_of(int level) {
 #if defined(__x86_64__)
         case ISA_AVX2: return &intrs_isa_avx2;
         case ISA_VNNI: return &intrs_isa_vnni;
+#endif
+#if defined(__aarch64__)
+        case ISA_NEON: return &intrs_isa_neon;
 #endif
     }
     return NULL;
@@ -45,6 +58,6 @@ int intrs_isa_granted(const isa_t *isa) {
 
 /* The name of every level this build knows, whether or not the CPU has it (null past the last). */
 const char *intrs_isa_name(int level) {
-    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx512-vnni"};
+    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx512-vnni", "neon-dotprod"};
     return level >= 0 && level < ISA_COUNT ? names[level] : NULL;
 }

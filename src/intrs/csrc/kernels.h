@@ -11,6 +11,7 @@
  *   portable.c    the definition in plain C: every layer, on every CPU (and the scalar tails of the others)
  *   avx2.c        AVX2 (vpmaddwd on int16 pairs), compiled with -mavx2 alone
  *   vnni.c        AVX-512 VNNI (vpdpbusd on u8 x s8), compiled with the AVX-512 flags alone
+ *   neon.c        aarch64 NEON with the dot-product instructions (sdot on s8 x s8), compiled with +dotprod alone
  *   dispatch.c    the CPU's features, detected once; hands out an instruction set's table only where the CPU
  *                 has it
  *   program.c     the network-program interpreter: a program carries the table it was built for
@@ -33,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTRS_ABI 3
+#define INTRS_ABI 4
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -44,11 +45,12 @@
 
 #define ADD_LEFT_SHIFT 20 /* TFLite's int8 ADD lifts its inputs by 2^20 */
 
-/* Instruction sets, by level (room for others: NEON dot product would come next). */
+/* Instruction sets, by level (a CPU has portable and those of its architecture; the best is its last). */
 #define ISA_PORTABLE 0
 #define ISA_AVX2 1
 #define ISA_VNNI 2
-#define ISA_COUNT 3
+#define ISA_NEON 3 /* aarch64 with the dot-product instructions (Armv8.2 DotProd) */
+#define ISA_COUNT 4
 
 /* One layer's requantization, per output channel (arrays of cout_pad int64). */
 typedef struct {
@@ -100,8 +102,9 @@ typedef struct {
     int kind, in0, in1, out;
     layout_t from0, from1, to; /* the layouts of in0, in1 and out */
     conv_shape_t shape;        /* convolutions, with n = 1 */
-    const int8_t *w_vnni;      /* [cout_pad/16][kh*kw][cin4/4][16][4] int8 */
-    const requant_t *q_vnni;
+    const int8_t *w_vnni;      /* [cout_pad/16][kh*kw][cin4/4][16][4] int8 (VNNI and NEON) */
+    const requant_t *q_vnni;   /* offset bias - (z_in + 128) sum w: vpdpbusd's lifted input */
+    const requant_t *q_sdot;   /* offset bias - z_in sum w: sdot's signed input */
     const int16_t *w_pairs; /* [cout_pad/16][kh*kw][cin2/2][16][2] int16; OP_CONV_S32: null where the input is too
                                wide for int16 pairs */
     const requant_t *q_pairs;
@@ -138,6 +141,9 @@ extern const isa_t intrs_isa_portable;
 #if defined(__x86_64__)
 extern const isa_t intrs_isa_avx2;
 extern const isa_t intrs_isa_vnni;
+#endif
+#if defined(__aarch64__)
+extern const isa_t intrs_isa_neon;
 #endif
 
 /* dispatch.c: the table of `level` if this CPU has it, else null; whether `isa` is a table so granted; the

@@ -1,0 +1,89 @@
+/* Runs a network program written by intrs.kernels (_Program.image) through every instruction set this CPU has
+ * and compares each output with the reference engine's, which the file carries: the test harness for kernels
+ * built for another machine (tests/test_kernels.py cross-compiles it for aarch64 and runs it under qemu).
+ * Usage: program_image FILE. Prints one line per instruction set; exits 1 on any difference or error. */
+#include <stdio.h>
+
+#include "kernels.h"
+
+static int64_t word(const char **at) {
+    int64_t v;
+    memcpy(&v, *at, 8);
+    *at += 8;
+    return v;
+}
+
+static void *relocated(void *pointer, char *data) {
+    return pointer ? data + ((uintptr_t)pointer - 1) : NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) return 2;
+    FILE *file = fopen(argv[1], "rb");
+    if (!file) return perror(argv[1]), 2;
+    fseek(file, 0, SEEK_END);
+    const long size = ftell(file);
+    fseek(file, 0, SEEK_SET);
+    char *blob = malloc((size_t)size);
+    if (!blob || fread(blob, 1, (size_t)size, file) != (size_t)size) return 2;
+    fclose(file);
+    if (size < 88 || memcmp(blob, "INTRSPG1", 8)) return fprintf(stderr, "not a program image\n"), 2;
+    const char *at = blob + 8;
+    const int64_t op_size = word(&at), requant_size = word(&at), count = word(&at), slots = word(&at);
+    const int64_t output = word(&at), output_bytes = word(&at), image_values = word(&at), images = word(&at);
+    const int64_t data_bytes = word(&at), requants = word(&at);
+    if (op_size != (int64_t)sizeof(op_t) || requant_size != (int64_t)sizeof(requant_t))
+        return fprintf(stderr, "struct sizes differ: op_t %lld here %zu, requant_t %lld here %zu\n",
+                       (long long)op_size, sizeof(op_t), (long long)requant_size, sizeof(requant_t)), 2;
+    int64_t *slot_bytes = malloc(sizeof(int64_t) * (size_t)slots);
+    for (int64_t k = 0; k < slots; k++) slot_bytes[k] = word(&at);
+    int64_t *requant_at = malloc(sizeof(int64_t) * (size_t)(requants + 1));
+    for (int64_t k = 0; k < requants; k++) requant_at[k] = word(&at);
+    op_t *ops = malloc(sizeof(op_t) * (size_t)count);
+    memcpy(ops, at, sizeof(op_t) * (size_t)count);
+    at += sizeof(op_t) * (size_t)count;
+    char *data = aligned_alloc(64, ((size_t)data_bytes + 63) & ~(size_t)63);
+    memcpy(data, at, (size_t)data_bytes);
+    at += data_bytes;
+    const int32_t *x = (const int32_t *)at; /* the int32 block starts on a 4-byte boundary: every size is */
+    const int8_t *expected = (const int8_t *)(at + 4 * images * image_values);
+    if (at + 4 * images * image_values + images * output_bytes != blob + size)
+        return fprintf(stderr, "truncated or oversized image\n"), 2;
+    /* the pointers: 1 + offsets into the data block (0: null) */
+    for (int64_t k = 0; k < requants; k++) {
+        requant_t *q = (requant_t *)(data + requant_at[k]);
+        q->offset = relocated((void *)q->offset, data), q->mult = relocated((void *)q->mult, data);
+        q->left = relocated((void *)q->left, data), q->right = relocated((void *)q->right, data);
+        q->half = relocated((void *)q->half, data), q->offset32 = relocated((void *)q->offset32, data);
+        q->mult32 = relocated((void *)q->mult32, data), q->right32 = relocated((void *)q->right32, data);
+        q->half32 = relocated((void *)q->half32, data);
+        q->fused_constants = relocated((void *)q->fused_constants, data);
+    }
+    for (int64_t i = 0; i < count; i++) {
+        op_t *op = ops + i;
+        op->w_vnni = relocated((void *)op->w_vnni, data), op->q_vnni = relocated((void *)op->q_vnni, data);
+        op->q_sdot = relocated((void *)op->q_sdot, data), op->w_pairs = relocated((void *)op->w_pairs, data);
+        op->q_pairs = relocated((void *)op->q_pairs, data), op->w_wide = relocated((void *)op->w_wide, data);
+        op->q_wide = relocated((void *)op->q_wide, data);
+        op->add_params = relocated((void *)op->add_params, data);
+    }
+    int8_t *y = malloc((size_t)(images * output_bytes));
+    int bad = 0;
+    for (int level = 0; level < ISA_COUNT; level++) {
+        const isa_t *isa = intrs_isa(level);
+        if (!isa) {
+            printf("refused %s\n", intrs_isa_name(level));
+            continue;
+        }
+        program_t program = {isa, ops, (int)count, slot_bytes, (int)slots, (int)output, output_bytes, image_values};
+        memset(y, 0x55, (size_t)(images * output_bytes));
+        const int rc = intrs_run(&program, x, (int)images, y);
+        int64_t differ = 0;
+        for (int64_t k = 0; k < images * output_bytes; k++) differ += y[k] != expected[k];
+        printf("granted %s: rc %d, %lld of %lld outputs differ from the reference engine\n", intrs_isa_name(level),
+               rc, (long long)differ, (long long)(images * output_bytes));
+        bad |= rc || differ;
+    }
+    printf("%s\n", bad ? "FAIL" : "ok");
+    return bad;
+}
