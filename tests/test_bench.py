@@ -16,8 +16,15 @@ def test_bench_reports_every_contender(capsys, tmp_path, monkeypatch):
     names = {r["contender"] for r in data["certification"]}
     assert code == 0 and {"FloatRS-fp (PyTorch float32)", bench.INTRS_REFERENCE} <= names
     assert (bench.INTRS_COMPILED in names) == (data["settings"]["intrs_kernels"] != "reference")
-    float_row = next(r for r in data["certification"] if r["contender"].startswith("FloatRS-fp"))
+    float_row = next(r for r in data["certification"] if r["contender"] == bench.FLOAT_PYTORCH)
     assert float_row["ratio_to_float"] == 1.0 and all(r["samples_per_second"] > 0 for r in data["certification"])
+    # onnxruntime (a test dependency) is the second float yardstick; ratios are also against the faster one
+    floats = [r for r in data["certification"] if r["contender"] in bench.FLOATS]
+    assert {r["contender"] for r in floats} == set(bench.FLOATS)
+    assert max(r["ratio_to_fastest_float"] for r in floats) == 1.0
+    fastest = max(r["samples_per_second"] for r in floats)
+    assert all(abs(r["ratio_to_fastest_float"] - r["samples_per_second"] / fastest) < 1e-9
+               for r in data["certification"])
     assert all(r["noise_share"] > 0 for r in data["certification"])
     assert "| contender |" in stdout
 
