@@ -1,5 +1,6 @@
 """The discrete Gaussian: the exact oracle (CKS 2020) and the fast table sampler against the pmf."""
 
+import bisect
 import random
 from fractions import Fraction
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from intrs.noise import (DiscreteGaussianNoise, discrete_gaussian_pmf, discrete_gaussian_table, exact_discrete_gaussian,
-                         numpy_generator, sigma_in_pixel_steps)
+from intrs.noise import (DiscreteGaussianNoise, RoundedGaussianNoise, discrete_gaussian_pmf, discrete_gaussian_table,
+                         exact_discrete_gaussian, numpy_generator, sigma_in_pixel_steps)
 
 SIGMAS_Q = [Fraction(1), Fraction(3), Fraction("30.6"), Fraction("63.75"), Fraction("127.5"), Fraction(255)]
 
@@ -80,6 +81,37 @@ def test_table_is_a_cdf_over_the_documented_support():
     assert table.values[0] == -table.support and table.values[-1] == table.support
     # The first threshold is the mass at -K: far below 2^-100 of 2^128.
     assert thresholds[0] < 2 ** 28
+
+
+class _CraftedWords:
+    """A generator stand-in whose raw words are given: ``random_raw(n)`` the first words (an array), and
+    ``random_raw()`` the next second word (a Python int, as numpy's bit generators return it)."""
+
+    def __init__(self, words, lows):
+        self.words, self.lows = np.array(words, dtype=np.uint64), list(lows)
+        self.bit_generator = self
+
+    def random_raw(self, size=None):
+        return self.lows.pop(0) if size is None else self.words[:size].copy()
+
+
+@pytest.mark.parametrize("engine", ["auto", "reference"])
+@pytest.mark.parametrize("law", [DiscreteGaussianNoise, RoundedGaussianNoise], ids=lambda law: law.name)
+@pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0])
+def test_every_threshold_splits_128_bit_words_exactly(monkeypatch, engine, law, sigma):
+    """The draw for U = high * 2^64 + low is the first k_j with U < T_j, compared as 128-bit integers: for
+    every threshold, U = T_j - 1, T_j and T_j + 1 (the high word a tie, so the second word decides).
+    Compared in float64 the second words below 2^63 would round together (issue 15)."""
+    from intrs import kernels
+
+    monkeypatch.setenv(kernels.ENGINE_ENV, engine)
+    table = law(sigma).table
+    thresholds = [int(h) << 64 | int(lo) for h, lo in zip(table.high[:-1], table.low[:-1])] + [2 ** 128]
+    words = [(int(table.high[j]), int(table.low[j]) + d) for j in range(len(thresholds) - 1) for d in (-1, 0, 1)
+             if 0 <= int(table.low[j]) + d < 2 ** 64]
+    got = table.sample((len(words),), _CraftedWords([h for h, _ in words], [lo for _, lo in words]))
+    want = [int(table.values[bisect.bisect_right(thresholds, h << 64 | lo)]) for h, lo in words]
+    assert sum(g != w for g, w in zip(got.tolist(), want)) == 0
 
 
 def test_sigma_in_pixel_steps_reads_the_decimal_literally():

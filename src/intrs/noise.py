@@ -21,6 +21,7 @@ from scipy.stats import norm
 from . import kernels
 from .certificate import certified_radius
 from .errors import ConfigError
+from .rng import random_stream, stream_seed
 
 PIXEL_MAX = 255  # an 8-bit pixel p lies in {0..255}; the real image is p / 255 (SPEC section 1)
 
@@ -38,8 +39,9 @@ class NoiseLaw(Protocol):
     name: str
     sigma: float
 
-    def generator(self, seed: int):
-        """A fresh random generator for this law's sampler, seeded with a 64-bit ``seed``."""
+    def generator(self, seed: int, *key: int):
+        """A fresh random generator for this law's sampler: the stream (seed, *key) of a 64-bit ``seed``
+        (e.g. key (image index, stage)), distinct keys giving unrelated streams."""
 
     def perturb(self, pixels: torch.Tensor, count: int, generator) -> torch.Tensor:
         """``count`` noisy copies of one uint8 image (C, H, W), drawn from ``generator``."""
@@ -56,10 +58,8 @@ class GaussianNoise:
     def __init__(self, sigma: float):
         self.sigma = check_sigma(sigma)
 
-    def generator(self, seed: int) -> torch.Generator:
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        return generator
+    def generator(self, seed: int, *key: int) -> torch.Generator:
+        return random_stream(seed, *key)  # distinct (seed, *key) cannot share noise (intrs.rng)
 
     def perturb(self, pixels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
         x = pixels.to(torch.float32).div_(PIXEL_MAX)
@@ -174,7 +174,8 @@ class TableSampler:
 
     Entry j of the table is T_j = floor(2^128 * F(k_j)), F the exact CDF on the
     support [-K, K] (computed with 256-bit mpmath arithmetic). A draw is the first
-    k_j with U < T_j for U uniform on [0, 2^128). Its law q differs from the exact
+    k_j with U < T_j for U uniform on [0, 2^128), compared exactly as (high, low) uint64
+    words (the bound below needs that: ``_settle_tie``). Its law q differs from the exact
     pmf p by:
 
         TV(p, q) <= (2K + 1) * 2^-128 / 2 + P[|k| > K] < 2^-110 per coordinate
@@ -236,7 +237,9 @@ class TableSampler:
         equal and low < T_j's low word: the rare equal case draws the low word."""
         word = np.uint64(high)
         left, right = (int(np.searchsorted(self.high, word, side=side)) for side in ("left", "right"))
-        low = generator.bit_generator.random_raw()
+        # random_raw() gives a Python int: searched as is against uint64 words, one below 2^63 is promoted
+        # with them to float64 and rounds onto its neighbours (issue 15). As a uint64 it compares exactly.
+        low = np.uint64(generator.bit_generator.random_raw())
         index = left + int(np.searchsorted(self.low[left:right], low, side="right"))
         return int(self.values[min(index, len(self.values) - 1)])
 
@@ -309,8 +312,9 @@ class LatticeNoise:
         self.sigma_q = sigma_in_pixel_steps(sigma)
         self.table = type(self)._table(self.sigma_q)
 
-    def generator(self, seed: int) -> np.random.Generator:
-        return numpy_generator(seed)
+    def generator(self, seed: int, *key: int) -> np.random.Generator:
+        # A seed alone is PCG64(seed); a keyed stream goes through stream_seed, as CERTIFY's always has.
+        return numpy_generator(stream_seed(seed, *key) if key else seed)
 
     def perturb(self, pixels: torch.Tensor, count: int, generator: np.random.Generator) -> torch.Tensor:
         return torch.from_numpy(self.table.sample((count, *pixels.shape), generator, offsets=pixels.numpy()))

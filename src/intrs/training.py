@@ -22,7 +22,7 @@ from .errors import CheckpointError, ConfigError, OutputExistsError
 from .models import ModelConfig, build_model, load_torchvision_state_dict
 from .noise import PIXEL_MAX, check_sigma
 from .progress import Progress, no_progress
-from .rng import STAGE_EVAL, STAGE_INIT, STAGE_TRAIN, random_stream, stream_seed
+from .rng import STAGE_EVAL, STAGE_INIT, STAGE_TRAIN, random_stream, seed_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.tsv"
@@ -120,7 +120,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     test_set = load_dataset(config.dataset, "test", data_dir).subset(config.eval_images)
 
     model_config = ModelConfig(config.arch, info.channels, info.num_classes, info.mean, info.std, config.width)
-    torch.manual_seed(stream_seed(config.seed, STAGE_INIT))
+    seed_torch(config.seed, STAGE_INIT)  # all 64 bits: manual_seed keeps 32
     model = build_model(model_config)
     if pretrained is not None:
         load_torchvision_state_dict(model, pretrained)
