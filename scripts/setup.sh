@@ -42,7 +42,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || { [ -n "$compiler" ] && [ -z 
   # a kernels library left by an earlier build would hide a failed one (the extension is optional); no stamp
   # until this install succeeds, so that a failed one is tried again
   rm -f "$stamp" src/intrs/_kernels*.so
-  if ! .venv/bin/python -m pip install -v --disable-pip-version-check -e '.[test,report]' > .venv/pip.log 2>&1; then
+  # torch pinned here, to the CPU build on this disk (the package itself accepts a range)
+  if ! { .venv/bin/python -m pip install --disable-pip-version-check torch==2.13.0 \
+         && .venv/bin/python -m pip install -v --disable-pip-version-check -e '.[test,report,export]'; } \
+       > .venv/pip.log 2>&1; then
     cat .venv/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1
   fi
   .venv/bin/python -c 'import intrs, torch, scipy, pytest'

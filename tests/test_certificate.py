@@ -12,6 +12,7 @@ import itertools
 import math
 from fractions import Fraction
 
+import mpmath
 import numpy as np
 import pytest
 from scipy.stats import beta, norm
@@ -19,6 +20,7 @@ from scipy.stats import beta, norm
 from intrs.certificate import (certified_radius, curve_shortfall, direction_margin, one_coordinate_margin,
                                proven_one_coordinate_steps, radius_table)
 from intrs.noise import discrete_gaussian_pmf
+from intrs.smoothing import clopper_pearson_lower
 
 
 @pytest.mark.parametrize("sigma_q,m,expected", [
@@ -188,3 +190,48 @@ def test_radius_table_is_the_host_radius_rounded_down():
         assert table[count] / 2 ** bits <= host < (table[count] + 1) / 2 ** bits
     assert np.all(np.diff(table) >= 0) and table[0] == 0 and table[n] > 0
     assert table[n] == math.floor(sigma * norm.ppf(alpha ** (1 / n)) * 2 ** bits)
+
+
+# ---------------------------------------------------------------- the radius is a lower bound, never above exact
+
+
+def test_radius_never_exceeds_the_exact_radius_of_its_lower_bound():
+    """Issue 15: norm.ppf and the product round to nearest, so about half of the radii were an ulp above
+    sigma * PhiInv(p_lower); the reference here is 40-digit erfinv, another route than the implementation's."""
+    rng = np.random.default_rng(15)
+    ps = np.concatenate([rng.uniform(0.5, 1, 600), 0.5 + rng.uniform(0, 1e-6, 200), 1 - rng.uniform(0, 1e-9, 200)])
+    over = []
+    with mpmath.workdps(40):
+        for p in ps.tolist():
+            for sigma in (0.12, 0.25, 0.5, 1.0):
+                radius = certified_radius(sigma, p)
+                exact = mpmath.mpf(sigma) * mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p) - 1)
+                if mpmath.mpf(radius) > exact:
+                    over.append((p, sigma, float(mpmath.mpf(radius) - exact)))
+                assert radius == pytest.approx(float(exact), rel=1e-14, abs=1e-300)  # and only ulps below
+    assert not over, (len(over), over[:3])
+
+
+def test_certificate_radius_never_exceeds_the_exact_radius_of_the_exact_clopper_pearson_bound():
+    """The whole chain over (nA, n, alpha, sigma): R <= sigma * PhiInv(p*) with p* the exact alpha quantile of
+    Beta(nA, n - nA + 1), checked as its definition, I_{Phi(R / sigma)}(nA, n - nA + 1) <= alpha, with mpmath's
+    incomplete beta (beta.ppf was an ulp above p* about half the time, which the radius multiplied)."""
+    rng = np.random.default_rng(151)
+    over, checked = [], 0
+    with mpmath.workdps(40):
+        for n in (1, 2, 5, 10, 100, 1000, 3000):
+            for alpha in (0.25, 0.01, 0.001):
+                counts = set(rng.integers(n // 2, n + 1, 10).tolist()) | {n, n - 1}
+                for count in sorted(c for c in counts if c > 0):
+                    p_lower = clopper_pearson_lower(count, n, alpha)
+                    assert p_lower == pytest.approx(beta.ppf(alpha, count, n - count + 1), rel=1e-13)
+                    for sigma in (0.12, 0.25, 0.5, 1.0):
+                        radius = certified_radius(sigma, p_lower)
+                        if radius == 0:
+                            continue
+                        at = mpmath.ncdf(mpmath.mpf(radius) / mpmath.mpf(sigma))
+                        tail = mpmath.betainc(count, n - count + 1, 0, at, regularized=True)
+                        checked += 1
+                        if tail > alpha:
+                            over.append((count, n, alpha, sigma, radius))
+    assert checked > 400 and not over, (checked, len(over), over[:3])

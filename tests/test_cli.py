@@ -1,5 +1,7 @@
 """The command line: thin over the library, one clear line and exit status 2 for every user mistake."""
 
+import sys
+
 import pytest
 
 from intrs.cli import main
@@ -29,7 +31,7 @@ def certify_args(checkpoint, out, *extra):
 def test_certify_writes_cohen_rows_and_prints_the_table(capsys, tmp_path, digits_checkpoint):
     out = tmp_path / "c.tsv"
     code, stdout, _ = run_cli(capsys, *certify_args(digits_checkpoint, out))
-    assert code == 0 and "| system | sigma | images | r = 0 |" in stdout
+    assert code == 0 and "| system | sigma | file | images | r = 0 |" in stdout and f"| {out} | 5 |" in stdout
     rows = read_results(out)
     assert [r["idx"] for r in rows] == ["0", "1", "2", "3", "4"]
     header = out.read_text().splitlines()[0].split("\t")
@@ -75,6 +77,43 @@ def test_analyze_prints_side_by_side(capsys, tmp_path, digits_checkpoint):
     lines = out.splitlines()
     assert code == 0 and len(lines) == 3 and lines[1].startswith("floatrs-fp,0.25,") \
         and lines[2].startswith("floatrs-fp,0.5,")
+
+
+CERTIFY_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
+@pytest.mark.parametrize("content,args,fragments", [
+    (b"PK\x03\x04\x00\x00\x08\x08\x00\x8b\xc8\xff", [], ["bad.tsv is not a text file"]),
+    (CERTIFY_HEADER + "0\t1\t1\tabc\t1\t0.1\n", [], ["bad.tsv line 2", "'abc' is not a number"]),
+    (CERTIFY_HEADER + "0\t1\t1\tnan\t1\t0.1\n", [], ["bad.tsv line 2", "finite number"]),
+    (CERTIFY_HEADER, ["--max-radius", "nan"], ["max radius=nan"]),
+    (CERTIFY_HEADER, ["--max-radius", "inf"], ["max radius=inf"]),
+    (CERTIFY_HEADER, ["--step", "1e-12"], ["more than the 1000", "--step"]),
+], ids=["binary", "radius-abc", "radius-nan", "max-nan", "max-inf", "step-1e-12"])
+def test_analyze_bad_input_is_one_line(capsys, tmp_path, content, args, fragments):
+    """Issue 15: a binary file, radius 'abc', NaN rows and --max-radius nan/inf gave tracebacks; --step 1e-12 hung."""
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = run_cli(capsys, "analyze", path, *args)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_analyze_plot_and_latex(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    cohen = tmp_path / "noise_0.25" / "test" / "sigma_0.25"
+    cohen.parent.mkdir(parents=True)
+    cohen.write_text(CERTIFY_HEADER + "0\t3\t3\t0.581\t1\t0:00:01\n1\t3\t-1\t0.0\t0\t0:00:01\n")
+    plot = tmp_path / "curves.png"
+    code, out, err = run_cli(capsys, "analyze", cohen, "--plot", plot)
+    assert code == 0 and plot.read_bytes()[:4] == b"\x89PNG" and err.strip() == f"wrote {plot}"
+    assert f"| sigma_0.25 | 0.25 | {cohen} | 2 | 0.500 |" in out
+    code, _, err = run_cli(capsys, "analyze", cohen, "--plot", plot)
+    assert_one_line_error(code, err, "already exists", "--force")
+    code, out, _ = run_cli(capsys, "analyze", cohen, "--format", "latex", "--max-radius", 0.5)
+    assert code == 0 and out.startswith("\\begin{tabular}{lllrrrr}\n") and "sigma\\_0.25 & 0.25 &" in out
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    code, _, err = run_cli(capsys, "analyze", cohen, "--plot", plot, "--force")
+    assert_one_line_error(code, err, "matplotlib", "pip install 'intrs[report]'")
 
 
 def test_train_command_trains_and_reports(capsys, tmp_path):

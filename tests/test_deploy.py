@@ -67,3 +67,13 @@ def test_radius_table_header_holds_the_table(capsys, tmp_path):
     values = np.array([int(v) for v in re.findall(r"-?\d+", body)])
     assert code == 0 and "#define INTRS_N 1000" in text
     assert np.array_equal(values, radius_table(1000, 0.001, 0.25, 16))
+
+
+def test_a_missing_optional_package_is_one_line_naming_its_extra(capsys, tmp_path, digits_int_models, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an install without intrs[export] meets
+    out = tmp_path / "m.onnx"
+    code, _, err = run_cli(capsys, "export", digits_int_models["qat"], "--format", "onnx", "--table-n", 0, "--out", out)
+    assert_one_line_error(code, err, "pip install 'intrs[export]'")
+    assert not out.exists()

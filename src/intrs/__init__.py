@@ -20,9 +20,11 @@ from .data import DATASETS, ImageSet, load_dataset, to_pixels
 from .errors import CheckpointError, ConfigError, DataError, IntrsError, OutputExistsError
 from .models import ModelConfig, build_model, load_torchvision_state_dict
 from .certificate import certified_radius, radius_table
+from .confidence import confidence_sequence, radius_tables
 from .noise import DiscreteGaussianNoise, GaussianNoise, RoundedGaussianNoise, noise_law
 from .report import analyze, certified_accuracy
-from .smoothing import ABSTAIN, Certificate, Prediction, SmoothedClassifier, TorchClassifier
+from .smoothing import (ABSTAIN, Certificate, Prediction, SequentialCertificate, SequentialPrediction,
+                        SmoothedClassifier, TorchClassifier)
 from .systems import System, make_system
 from .training import SCHEDULES, TrainConfig, train
 
@@ -32,5 +34,6 @@ __all__ = [
     "SCHEDULES", "SmoothedClassifier", "System", "TorchClassifier", "TrainConfig", "analyze", "build_model",
     "certified_accuracy", "certified_radius", "radius_table", "DiscreteGaussianNoise",
     "RoundedGaussianNoise", "noise_law", "load_checkpoint", "load_dataset", "load_torchvision_state_dict",
-    "make_system", "run", "save_checkpoint", "to_pixels", "train",
+    "make_system", "run", "save_checkpoint", "to_pixels", "train", "SequentialCertificate", "SequentialPrediction",
+    "confidence_sequence", "radius_tables",
 ]

@@ -7,13 +7,16 @@ its own random streams, and each row is flushed to disk as soon as it is done.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .data import ImageSet
-from .results import CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultWriter, format_radius
+from .confidence import batch_schedule, check_radii
+from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, SEQUENTIAL_PREDICT_COLUMNS,
+                      ResultWriter, format_radius, format_upper)
 from .errors import ConfigError
 from .smoothing import check_alpha, check_sample_sizes
 from .systems import System
@@ -22,7 +25,12 @@ from .progress import Progress, no_progress
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """The Monte-Carlo settings of a run (Cohen's defaults: n0 = 100, n = 100,000, alpha = 0.001)."""
+    """The Monte-Carlo settings of a run (Cohen's defaults: n0 = 100, n = 100,000, alpha = 0.001).
+
+    ``sequential``: the anytime-valid forms (``SmoothedClassifier.certify_sequential`` and
+    ``predict_sequential``), with n the budget max_n; CERTIFY then decides ``radii`` or, without them,
+    settles the radius within ``tolerance``.
+    """
 
     n0: int = 100
     n: int = 100_000
@@ -31,13 +39,36 @@ class CertifySettings:
     seed: int = 0
     skip: int = 1
     max_images: int | None = None
+    sequential: bool = False
+    radii: tuple[float, ...] | None = None
+    tolerance: float | None = None
 
-    def check(self) -> "CertifySettings":
+    def check(self, mode: str = "certify") -> "CertifySettings":
         check_sample_sizes(self.n, self.n0, self.batch_size)
         check_alpha(self.alpha)
         if self.skip < 1 or (self.max_images is not None and self.max_images < 0):
             raise ConfigError(f"--skip must be >= 1 and --max >= 0, got skip={self.skip}, max={self.max_images}")
+        if not self.sequential and (self.radii is not None or self.tolerance is not None):
+            raise ConfigError("radii and a tolerance are for sequential runs (--max-n)")
+        if self.sequential:
+            batch_schedule(self.n, self.batch_size)
+            if mode == "certify" and (self.radii is None) == (self.tolerance is None):
+                raise ConfigError("sequential CERTIFY needs either --radii or --tolerance")
+            if mode == "predict" and (self.radii is not None or self.tolerance is not None):
+                raise ConfigError("sequential PREDICT takes no --radii or --tolerance")
+            if self.radii is not None:
+                check_radii(self.radii)
+            if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance > 0):
+                raise ConfigError(f"the radius tolerance must be a number > 0 (e.g. 0.05), got {self.tolerance!r}")
         return self
+
+    def recorded(self) -> dict:
+        """The settings as a run's metadata records them (a fixed-n run's as before the sequential forms)."""
+        settings = asdict(self)
+        if not self.sequential:
+            for key in ("sequential", "radii", "tolerance"):
+                settings.pop(key)
+        return settings
 
 
 def select_indices(count: int, skip: int = 1, max_images: int | None = None) -> list[int]:
@@ -47,23 +78,38 @@ def select_indices(count: int, skip: int = 1, max_images: int | None = None) -> 
 
 
 def certify_row(system: System, smoothed, pixels, label: int, idx: int, settings: CertifySettings) -> dict:
-    """CERTIFY one image; the row in Cohen's columns first."""
+    """CERTIFY one image (sequential CERTIFY if the settings say so); the row in Cohen's columns first.
+
+    A sequential row's n is the estimation samples it used; max_n, pA_upper, stop and decisions follow."""
     start = time.perf_counter()
-    cert = smoothed.certify(pixels, settings.n0, settings.n, settings.alpha, settings.seed, idx)
-    return {
+    if settings.sequential:
+        cert = smoothed.certify_sequential(pixels, settings.n0, settings.n, settings.alpha, settings.radii,
+                                           settings.tolerance, settings.seed, idx)
+    else:
+        cert = smoothed.certify(pixels, settings.n0, settings.n, settings.alpha, settings.seed, idx)
+    row = {
         "idx": idx, "label": label, "predict": cert.prediction, "radius": format_radius(cert.radius),
         "correct": int(cert.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
         "counts_top": cert.counts_top, "n0": settings.n0, "n": cert.n, "pA_lower": f"{cert.p_lower:.9g}",
         "sigma": system.noise.sigma, "alpha": settings.alpha, "system": system.name,
         "noise": system.noise.name, "seed": settings.seed,
     }
+    if settings.sequential:
+        row |= {"max_n": cert.max_n, "pA_upper": format_upper(cert.p_upper), "stop": cert.stop,
+                "decisions": ",".join(f"{r:g}:{how}" for r, how in cert.decisions) or "-"}
+    return row
 
 
 def predict_row(system: System, smoothed, pixels, label: int, idx: int, settings: CertifySettings) -> dict:
-    """PREDICT one image; the radius column is 0 (PREDICT certifies no radius)."""
+    """PREDICT one image (sequential PREDICT if the settings say so); the radius column is 0 (PREDICT
+    certifies no radius). A sequential row's n is the samples it used, max_n its budget."""
     start = time.perf_counter()
-    pred = smoothed.predict(pixels, settings.n, settings.alpha, settings.seed, idx)
-    return {
+    if settings.sequential:
+        pred = smoothed.predict_sequential(pixels, settings.n, settings.alpha, settings.seed, idx)
+    else:
+        pred = smoothed.predict(pixels, settings.n, settings.alpha, settings.seed, idx)
+    extra = {"max_n": pred.max_n} if settings.sequential else {}
+    return extra | {
         "idx": idx, "label": label, "predict": pred.prediction, "radius": "0",
         "correct": int(pred.prediction == label), "time": f"{time.perf_counter() - start:.3f}",
         "counts_top": pred.counts_top, "counts_second": pred.counts_second, "n": pred.n,
@@ -95,12 +141,14 @@ def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, ou
     computes the rows: in this process (``local_rows``) or on Ray workers
     (``intrs.scaleout.RayExecutor``); the rows are the same either way.
     """
-    settings.check()
     if mode not in ROW_FUNCTIONS:
         raise ConfigError(f"mode must be 'certify' or 'predict', got {mode!r}")
-    columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
+    settings.check(mode)
+    columns = {("certify", False): CERTIFY_COLUMNS, ("predict", False): PREDICT_COLUMNS,
+               ("certify", True): SEQUENTIAL_CERTIFY_COLUMNS,
+               ("predict", True): SEQUENTIAL_PREDICT_COLUMNS}[mode, settings.sequential]
     run_settings = {"mode": mode, "system": system.name, "noise": system.noise.name, "sigma": system.noise.sigma,
-                    "dataset": data.info.name, "split": data.split, **asdict(settings), **(provenance or {})}
+                    "dataset": data.info.name, "split": data.split, **settings.recorded(), **(provenance or {})}
     indices = select_indices(len(data), settings.skip, settings.max_images)
     with ResultWriter(out, columns, run_settings, force=force, resume=resume) as writer:
         todo = [i for i in indices if i not in writer.done]

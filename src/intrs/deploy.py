@@ -10,6 +10,7 @@ reference-kernel comparison shows zero mismatches.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from . import engine
 from .certificate import radius_table
+from .confidence import PredictThresholds, RadiusTables
 from .data import load_dataset
 from .errors import ConfigError, DataError
 from .intmodel import IntegerModel
@@ -129,17 +131,69 @@ def verify_export(path: str | Path, model: IntegerModel, z: torch.Tensor, sigma:
     return report
 
 
-def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int = 16) -> str:
-    """A C header with R[nA] for nA = 0..n (radius * 2^fraction_bits, rounded down; 0 = abstain)."""
+def _c_array(values) -> str:
+    """Integers as a C initializer body, 12 to a line."""
+    flat = [str(int(v)) for v in values]
+    return ",\n    ".join(", ".join(flat[i:i + 12]) for i in range(0, len(flat), 12))
+
+
+def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int = 16,
+                        sequential: RadiusTables | None = None,
+                        predict: tuple[PredictThresholds, tuple[int, ...]] | None = None) -> str:
+    """A C header with R[nA] for nA = 0..n (radius * 2^fraction_bits, rounded down; 0 = abstain), and, when
+    given, the integer decision tables of sequential CERTIFY (``sequential``, from
+    ``intrs.confidence.radius_tables``) and of sequential PREDICT (``predict``: its thresholds and batch
+    schedule). A device that counts votes compares them with these tables and stops: no float at all."""
     table = radius_table(n, alpha, sigma, fraction_bits)
     if table.max() >= 2 ** 31:
         raise ConfigError("radii overflow int32 at this many fraction bits: use fewer")
-    rows = [", ".join(str(int(v)) for v in table[i:i + 12]) for i in range(0, len(table), 12)]
-    body = ",\n    ".join(rows)
+    blocks = [f"#define INTRS_N {n}\n#define INTRS_RADIUS_FRACTION_BITS {fraction_bits}\n"
+              f"static const int32_t intrs_radius_table[INTRS_N + 1] = {{\n    {_c_array(table)}\n}};\n"]
+    if sequential is not None:
+        blocks.append(_sequential_block(sequential, fraction_bits))
+    if predict is not None:
+        blocks.append(_predict_block(*predict))
     return (f"/* intrs certificate table: certified L2 radius (in [0,1] pixel units, times 2^{fraction_bits}, "
             f"rounded down)\n * for every vote count nA = 0..n of the top class, with n = {n}, alpha = {alpha!r}, "
             f"sigma = {sigma!r}.\n * R = sigma * PhiInv(ClopperPearsonLower(nA, n, alpha)); 0 means ABSTAIN.\n"
             f" * Written by intrs; see docs/deploy.md. */\n"
             f"#ifndef INTRS_RADIUS_TABLE_H\n#define INTRS_RADIUS_TABLE_H\n#include <stdint.h>\n"
-            f"#define INTRS_N {n}\n#define INTRS_RADIUS_FRACTION_BITS {fraction_bits}\n"
-            f"static const int32_t intrs_radius_table[INTRS_N + 1] = {{\n    {body}\n}};\n#endif\n")
+            + "\n".join(blocks) + "#endif\n")
+
+
+def _sequential_block(tables: RadiusTables, fraction_bits: int) -> str:
+    steps, radii = tables.bounds.steps, tables.radii
+    fixed = [math.floor(r * 2 ** fraction_bits) for r in radii]  # exact: a power-of-two scaling, then floor
+    if max(fixed) >= 2 ** 31:
+        raise ConfigError("listed radii overflow int32 at this many fraction bits: use fewer")
+    rows = lambda table: ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in table)
+    return (f"/* Sequential CERTIFY (intrs.confidence.radius_tables; docs/sequential.md), alpha = {tables.bounds.alpha!r}, "
+            f"sigma = {tables.sigma!r},\n"
+            f" * budget {steps[-1]} estimation samples. After n0 selection samples (the top class cA), step k draws\n"
+            f" * estimation samples up to intrs_seq_steps[k] in all; nA counts the votes for cA. Radius j\n"
+            f" * (intrs_seq_radii[j] / 2^INTRS_RADIUS_FRACTION_BITS) is certified once nA >= intrs_seq_certify_at[k][j]\n"
+            f" * and can no longer be certified once nA < intrs_seq_refute_below[k][j]; a decided radius stays\n"
+            f" * decided, and the device stops when all are (at the last step, all are). The certificate is the\n"
+            f" * largest certified radius; none certified: ABSTAIN. */\n"
+            f"#define INTRS_SEQ_STEPS {len(steps)}\n#define INTRS_SEQ_RADII {len(radii)}\n"
+            f"static const int32_t intrs_seq_steps[INTRS_SEQ_STEPS] = {{\n    {_c_array(steps)}\n}};\n"
+            f"static const int32_t intrs_seq_radii[INTRS_SEQ_RADII] = {{{', '.join(map(str, fixed))}}};\n"
+            f"static const int32_t intrs_seq_certify_at[INTRS_SEQ_STEPS][INTRS_SEQ_RADII] = {{\n"
+            f"    {rows(tables.certify_at)}\n}};\n"
+            f"static const int32_t intrs_seq_refute_below[INTRS_SEQ_STEPS][INTRS_SEQ_RADII] = {{\n"
+            f"    {rows(tables.refute_below)}\n}};\n")
+
+
+def _predict_block(rule: PredictThresholds, steps: tuple[int, ...]) -> str:
+    decide, final = rule.tables(steps[-1])
+    return (f"/* Sequential PREDICT (intrs.confidence.PredictThresholds; docs/sequential.md), alpha = {rule.alpha!r}, "
+            f"{rule.classes} classes.\n"
+            f" * Step k draws samples up to intrs_predict_steps[k] in all; nA, nB are the two largest vote counts\n"
+            f" * (ties to the lower class index) and m = nA + nB. Return the top class once\n"
+            f" * nA >= intrs_predict_decide_at[m] (at the last step: intrs_predict_decide_final_at[m]);\n"
+            f" * after the last step, ABSTAIN. */\n"
+            f"#define INTRS_PREDICT_STEPS {len(steps)}\n#define INTRS_PREDICT_MAX_N {steps[-1]}\n"
+            f"static const int32_t intrs_predict_steps[INTRS_PREDICT_STEPS] = {{\n    {_c_array(steps)}\n}};\n"
+            f"static const int32_t intrs_predict_decide_at[INTRS_PREDICT_MAX_N + 1] = {{\n    {_c_array(decide)}\n}};\n"
+            f"static const int32_t intrs_predict_decide_final_at[INTRS_PREDICT_MAX_N + 1] = {{\n"
+            f"    {_c_array(final)}\n}};\n")

@@ -25,3 +25,23 @@ class ConfigError(IntrsError):
 
 class OutputExistsError(IntrsError):
     """An output file already exists and would be overwritten."""
+
+
+class MissingDependencyError(IntrsError):
+    """An optional package a command needs is not installed; the message names the extra to install."""
+
+
+# The optional packages and the extra of intrs that installs each (pyproject.toml's optional-dependencies).
+OPTIONAL_PACKAGES = {"flatbuffers": "export", "ai_edge_litert": "export", "onnx": "export", "onnxruntime": "export",
+                     "matplotlib": "report", "ray": "ray"}
+
+
+def missing_dependency(error: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The user error for an optional package that is not installed (naming the extra that installs it), or
+    None where the missing module is not one of them (a broken install: the traceback then tells more)."""
+    top = (error.name or "").split(".")[0]
+    if top not in OPTIONAL_PACKAGES:
+        return None
+    extra = OPTIONAL_PACKAGES[top]
+    return MissingDependencyError(f"this needs the optional package {top!r}, which is not installed: "
+                                  f"pip install 'intrs[{extra}]'")

@@ -20,11 +20,8 @@ OPSET = 21  # DequantizeLinear of int16 and int32 tensors
 
 def export_onnx(model: IntegerModel) -> bytes:
     """The integer model as a QDQ ONNX model: int16 input (N, C, H, W), int8 logits out."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        raise ConfigError("ONNX export needs the onnx package: pip install onnx") from None
+    import onnx  # optional (intrs[export]): the CLI names the extra when it is missing
+    from onnx import TensorProto, helper, numpy_helper
 
     nodes, initializers = [], []
 

@@ -17,24 +17,35 @@ that the engine's integers are compared with and that attacks differentiate.
 
 from __future__ import annotations
 
+import math
 import operator
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .intmodel import (AddLayer, ConvLayer, IntegerModel, PoolLayer, quantize_multiplier,
-                       quantize_multiplier_smaller_than_one)
-from .models import Normalize
+                       quantize_multiplier_smaller_than_one, validate)
+from .models import Normalize, read_torch_file
 from .noise import PIXEL_MAX
 
 INT8_MIN, INT8_MAX, WEIGHT_MAX = -128, 127, 127
 INT16_RANGE = (-(2 ** 15), 2 ** 15 - 1)
 INPUT_SCALE = float(np.float32(1.0 / PIXEL_MAX))  # x_q is the pixel itself: s = 1/255, zero point 0 (SPEC 2)
 SUPPORTED = "convolution, batch norm, ReLU, residual add, average/max pooling, flatten, linear"
+# TFLite's int8 ADD (kernels/add.cc) lifts both inputs by 2^20 at twice the larger input scale, so its
+# output multiplier 2 max(s1, s2) / (2^20 s_out) must be below 1: s_out > max(s1, s2) / 2^19.
+ADD_LEFT_SHIFT = 20
+# The floor kept on an ADD's output scale, max(s1, s2) / 2^16: 8x inside that bound (float32 rounding
+# of the scales cannot cross it), and it binds only on an output whose whole range is below 1/257 of
+# one input step, a grid that holds nothing but the inputs' rounding noise.
+ADD_OUTPUT_SCALE_FLOOR = 2.0 ** -16
+TFLITE_OPS = {"conv2d": "CONV_2D", "fully_connected": "FULLY_CONNECTED", "add": "ADD"}
 
 
 # ---------------------------------------------------------------- lowering a traced graph
@@ -238,10 +249,13 @@ def _straight_through(real: torch.Tensor, quantized: torch.Tensor) -> torch.Tens
     return real + (quantized - real).detach()
 
 
-def activation_qparams(low: float, high: float) -> tuple[float, int]:
-    """Asymmetric int8 (scale, zero point) for the range [low, high], which is widened to hold 0."""
+def activation_qparams(low: float, high: float, min_scale: float = 0.0) -> tuple[float, int]:
+    """Asymmetric int8 (scale, zero point) for the range [low, high], which is widened to hold 0.
+
+    ``min_scale`` widens the range further where a consumer needs a scale that large.
+    """
     low, high = min(low, 0.0), max(high, 0.0)
-    scale = float(np.float32(max(high - low, 1e-8) / (INT8_MAX - INT8_MIN)))
+    scale = float(np.float32(max(high - low, 1e-8, min_scale * (INT8_MAX - INT8_MIN)) / (INT8_MAX - INT8_MIN)))
     zero_point = int(np.clip(round(INT8_MIN - low / scale), INT8_MIN, INT8_MAX))
     return scale, zero_point
 
@@ -250,6 +264,38 @@ def weight_scales(weight: torch.Tensor) -> torch.Tensor:
     """Per-output-channel symmetric scales max|W| / 127 (float32; 1 for an all-zero channel)."""
     largest = weight.detach().abs().flatten(1).max(dim=1).values
     return torch.where(largest > 0, largest / WEIGHT_MAX, torch.ones_like(largest)).to(torch.float32)
+
+
+def _discarded_below(layers: list[FloatLayer], output_name: str) -> dict[str, str]:
+    """value x1 -> x2, where relu(x1 + x2) alone reads x1: x1's range is tracked from about -max(x2) up.
+
+    Why (issue 15): fine-tuning drives a residual branch x1 far negative, where
+    relu(x1 + x2) is 0 and no gradient pulls it back (QAT at lr 0.01 doubled layer1.0's
+    negative range in one Fashion-MNIST epoch while its positive range held; at 0.1 it
+    reached -5e16 in 7 batches). The per-tensor observer then stretches x1's int8 grid
+    over values the ReLU throws away, and the add's output scale, which tracks what
+    survives the ReLU, falls ever further below x1's: past 2^-19 of it TFLite's ADD
+    cannot be built (the reported multiplier 4650 is s_out / s_in = 4.1e-10, from a
+    range of about 1e-8 against about 30, or both 2^k larger). Below -max(x2),
+    x1 + x2 <= 0 whatever x2 is, so saturating x1 there changes no output: the observer
+    stops there (two of x1's steps lower, for the grids' rounding), and that side of the
+    range cannot run away. Only where the add is x1's only reader, and for values a
+    convolution writes (a pooled value shares its input's grid). The ADD's output-scale
+    floor (``ADD_OUTPUT_SCALE_FLOOR``) covers the other way the bound breaks: a block
+    whose output stays 0, whose moving-average range decays by 0.99 a batch with no end.
+    """
+    readers: dict[str, int] = {output_name: 1}
+    for layer in layers:
+        for name in layer.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    convolved = {layer.output for layer in layers if layer.op in ("conv2d", "fully_connected")}
+    clip = {}
+    for layer in layers:
+        if layer.op == "add" and layer.relu and layer.inputs[0] != layer.inputs[1]:
+            for name, other in (layer.inputs, layer.inputs[::-1]):
+                if name in convolved and readers[name] == 1:
+                    clip[name] = other
+    return clip
 
 
 class QuantModel(nn.Module):
@@ -267,6 +313,7 @@ class QuantModel(nn.Module):
                 self.biases[layer.name] = nn.Parameter(layer.bias.to(torch.float64))
         # value -> observed [low, high] and frozen (scale, zero point)
         self.ranges: dict[str, list[float]] = {}
+        self.clip_below = _discarded_below(layers, output_name)
         self.qparams: dict[str, tuple[float, int]] = {input_name: (INPUT_SCALE, 0)}
         self.frozen_weight_scales: dict[str, torch.Tensor] = {}
         self.observe = True
@@ -276,8 +323,10 @@ class QuantModel(nn.Module):
 
     # -- ranges
 
-    def _observe(self, name: str, y: torch.Tensor) -> None:
+    def _observe(self, name: str, y: torch.Tensor, min_scale: float = 0.0) -> None:
         low, high = float(y.detach().min()), float(y.detach().max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"the values of '{name}' reached [{low}, {high}]: the model diverged")
         if name not in self.ranges:
             self.ranges[name] = [low, high]
         elif self.ema is None:
@@ -285,7 +334,30 @@ class QuantModel(nn.Module):
         else:
             old = self.ranges[name]
             self.ranges[name] = [old[0] + self.ema * (low - old[0]), old[1] + self.ema * (high - old[1])]
-        self.qparams[name] = activation_qparams(*self.ranges[name])
+        other = self.clip_below.get(name)
+        if other in self.ranges:  # what the ReLU after an add discards is not tracked: see _discarded_below
+            # The range, not the batch, is clipped: values far below still pull it down at once, so x1 saturates
+            # below -max(x2) even in a batch where the other input's grid has just grown.
+            other_scale, other_zero = self.qparams[other]
+            reach = (INT8_MAX - other_zero) * other_scale  # the largest x2 its grid holds
+            step = (max(self.ranges[name][1], 0.0) + reach) / (INT8_MAX - INT8_MIN)  # about x1's step once clipped
+            self.ranges[name][0] = max(self.ranges[name][0], -(reach + 2 * step))
+        self.qparams[name] = activation_qparams(*self.ranges[name], min_scale)
+
+    def _min_scale(self, layer: FloatLayer) -> float:
+        """The smallest output scale ``layer`` converts with: TFLite's ADD bound, with margin; else none."""
+        if layer.op != "add":
+            return 0.0
+        return ADD_OUTPUT_SCALE_FLOOR * max(float(np.float32(self.qparams[name][0])) for name in layer.inputs)
+
+    def settle_qparams(self) -> "QuantModel":
+        """(Scale, zero point) of every value from the tracked ranges, in graph order (for a reloaded state)."""
+        for layer in self.specs:
+            if layer.op in ("conv2d", "fully_connected", "add"):
+                self.qparams[layer.output] = activation_qparams(*self.ranges[layer.output], self._min_scale(layer))
+            else:
+                self.qparams[layer.output] = self.qparams[layer.inputs[0]]
+        return self
 
     def freeze(self) -> "QuantModel":
         """Stop tracking ranges and weight scales: the quantization grid is fixed from now on."""
@@ -297,9 +369,10 @@ class QuantModel(nn.Module):
 
     # -- forward
 
-    def _fake_activation(self, name: str, y: torch.Tensor, act_min: int | None = None) -> torch.Tensor:
+    def _fake_activation(self, name: str, y: torch.Tensor, act_min: int | None = None,
+                         min_scale: float = 0.0) -> torch.Tensor:
         if self.observe:
-            self._observe(name, y)
+            self._observe(name, y, min_scale)
         scale, zero_point = self.qparams[name]
         q = torch.clamp(torch.round(y / scale) + zero_point, INT8_MIN if act_min is None else act_min, INT8_MAX)
         return _straight_through(y, (q - zero_point) * scale)
@@ -334,7 +407,8 @@ class QuantModel(nn.Module):
                 values[layer.output] = self._fake_activation(layer.output, y)
             elif layer.op == "add":
                 y = x + values[layer.inputs[1]]
-                values[layer.output] = self._fake_activation(layer.output, F.relu(y) if layer.relu else y)
+                values[layer.output] = self._fake_activation(layer.output, F.relu(y) if layer.relu else y,
+                                                             min_scale=self._min_scale(layer))
             else:
                 self.qparams[layer.output] = self.qparams[layer.inputs[0]]
                 values[layer.output] = self._pool(layer, x)
@@ -361,33 +435,61 @@ class QuantModel(nn.Module):
     # -- conversion
 
     def to_integer_model(self) -> IntegerModel:
-        """Convert the frozen fake-quantized model to integers (QuantizeMultiplier per channel)."""
+        """Convert the frozen fake-quantized model to integers (QuantizeMultiplier per channel).
+
+        A layer whose scales TFLite's kernels cannot represent is a ``ConfigError`` that names it.
+        """
         if self.observe:
             self.freeze()
+        return self._integer_model(self.frozen_weight_scales)
+
+    def check_convertible(self) -> None:
+        """Raise now what ``to_integer_model`` would raise, without freezing anything (QAT checks as it goes)."""
+        scales = self.frozen_weight_scales if not self.observe else {
+            layer.name: weight_scales(self.weights[layer.name]) for layer in self.specs if layer.weight is not None}
+        self._integer_model(scales)
+
+    def _integer_model(self, channel_scales: dict[str, torch.Tensor]) -> IntegerModel:
         missing = [l.output for l in self.specs if l.output not in self.qparams]
         if missing:
             raise ConfigError(f"no activation ranges for {missing[:3]}: calibrate (run data through) before converting")
-        layers = []
-        for spec in self.specs:
-            layers.append(self._convert_layer(spec))
-        return IntegerModel(self.input_name, self.input_shape, self.input_range, INPUT_SCALE, layers,
-                            self.output_name, dict(self.qparams), "double-rounding", self.meta, self.input_saturation)
+        layers = [self._convert_layer(spec, channel_scales.get(spec.name)) for spec in self.specs]
+        model = IntegerModel(self.input_name, self.input_shape, self.input_range, INPUT_SCALE, layers,
+                             self.output_name, dict(self.qparams), "double-rounding", self.meta, self.input_saturation)
+        try:  # what loading the file would check; _convert_layer has named every known way to fail first
+            validate(model, "converted from the fake-quantized model")
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+        return model
 
-    def _convert_layer(self, spec: FloatLayer):
+    def _unconvertible(self, spec: FloatLayer, why: str) -> ConfigError:
+        reading = " and ".join(f"'{name}'" for name in spec.inputs)
+        return ConfigError(f"cannot convert layer '{spec.name}' ({TFLITE_OPS[spec.op]} of {reading}) to TFLite "
+                           f"int8: {why}")
+
+    def _convert_layer(self, spec: FloatLayer, scales: torch.Tensor | None):
         qp = self.qparams
         out_scale, out_zero = qp[spec.output]
         act_min = out_zero if spec.relu else INT8_MIN
         if spec.op in ("conv2d", "fully_connected"):
             in_scale, in_zero = qp[spec.inputs[0]]
             weight = self.weights[spec.name].detach()
-            scales = self.frozen_weight_scales[spec.name]
+            # SPEC 6: M = double(s_in) * double(s_w[c]) / double(s_out), the scales as float32.
+            reals = [float(np.float32(in_scale)) * float(s) / float(np.float32(out_scale)) for s in scales.tolist()]
+            if not all(math.isfinite(r) and r > 0 for r in reals) or not torch.isfinite(weight).all() \
+                    or not torch.isfinite(self.biases[spec.name].detach()).all():
+                raise self._unconvertible(spec, f"its weights or scales are not finite (input scale {in_scale:.3g}, "
+                                                f"output scale {out_scale:.3g}): the model diverged")
+            pairs = [quantize_multiplier(r) for r in reals]
+            if max(p[1] for p in pairs) > 30:
+                raise self._unconvertible(spec, f"its multiplier s_in s_w / s_out reaches {max(reals):.4g}, beyond "
+                                                f"TFLite's 2^30 (input scale {in_scale:.3g}, weight scales up to "
+                                                f"{float(scales.max()):.3g}, output scale {out_scale:.3g}): its output "
+                                                "range has collapsed or its weights have run away")
             q_weight = torch.clamp(torch.round(weight / scales.view(-1, 1, 1, 1)), -WEIGHT_MAX, WEIGHT_MAX)
             bias_scale = scales.to(torch.float64) * in_scale
             q_bias = torch.round(self.biases[spec.name].detach().to(torch.float64) / bias_scale)
-            q_bias = torch.clamp(q_bias, -(2 ** 31), 2 ** 31 - 1)
-            # SPEC 6: M = double(s_in) * double(s_w[c]) / double(s_out), the scales as float32.
-            pairs = [quantize_multiplier(float(np.float32(in_scale)) * float(s) / float(np.float32(out_scale)))
-                     for s in scales.tolist()]
+            q_bias = self._saturating_bias(spec, q_bias, q_weight, reals, [p[1] for p in pairs], bias_scale)
             return ConvLayer(spec.name, spec.op, list(spec.inputs), spec.output,
                              q_weight.to(torch.int8).numpy(), q_bias.to(torch.int32).numpy(),
                              np.array([p[0] for p in pairs], dtype=np.int32),
@@ -396,15 +498,63 @@ class QuantModel(nn.Module):
                              scales.numpy().astype(np.float32), spec.relu)
         if spec.op == "add":
             (s1, z1), (s2, z2) = qp[spec.inputs[0]], qp[spec.inputs[1]]
+            f1, f2, fo = (float(np.float32(s)) for s in (s1, s2, out_scale))
             # TFLite's int8 ADD preparation (kernels/add.cc): both inputs to twice the larger scale.
-            twice_max = 2 * max(float(np.float32(s1)), float(np.float32(s2)))
-            m1 = quantize_multiplier_smaller_than_one(float(np.float32(s1)) / twice_max)
-            m2 = quantize_multiplier_smaller_than_one(float(np.float32(s2)) / twice_max)
-            mo = quantize_multiplier_smaller_than_one(twice_max / ((1 << 20) * float(np.float32(out_scale))))
+            twice_max = 2 * max(f1, f2)
+            reals = (f1 / twice_max, f2 / twice_max, twice_max / ((1 << ADD_LEFT_SHIFT) * fo))
+            scales_note = f"input scales {f1:.3g} ('{spec.inputs[0]}') and {f2:.3g} ('{spec.inputs[1]}')"
+            if not all(math.isfinite(r) and r > 0 for r in reals):
+                raise self._unconvertible(spec, f"its scales are not finite ({scales_note}, output scale {fo:.3g}): "
+                                                "the model diverged")
+            if reals[2] >= 1:
+                raise self._unconvertible(spec, f"its output multiplier 2 max(s1, s2) / (2^20 s_out) is "
+                                                f"{reals[2]:.6g}, and TFLite's ADD needs it below 1: the output scale "
+                                                f"{fo:.3g} has collapsed against the {scales_note}")
+            m1, m2, mo = (quantize_multiplier_smaller_than_one(r) for r in reals)
+            if m1[0] == 0 or m2[0] == 0:
+                raise self._unconvertible(spec, f"its {scales_note} differ by more than 2^31, beyond what TFLite's "
+                                                "ADD multipliers hold")
             return AddLayer(spec.name, "add", list(spec.inputs), spec.output, z1, z2, out_zero, m1[0], m1[1],
                             m2[0], m2[1], mo[0], mo[1], act_min, INT8_MAX, s1, s2, out_scale, spec.relu)
         return PoolLayer(spec.name, spec.op, list(spec.inputs), spec.output, spec.kernel, spec.stride, spec.padding,
                          spec.is_global)
+
+    def _saturating_bias(self, spec: FloatLayer, q_bias: torch.Tensor, q_weight: torch.Tensor, reals: list[float],
+                         shifts: list[int], bias_scale: torch.Tensor) -> torch.Tensor:
+        """The int32 biases; one that could overflow the accumulator replaced by one that saturates just the same.
+
+        A channel that fine-tuning ran off far below its ReLU (see _discarded_below) can
+        have a bias no int32 accumulator holds. Such a bias outweighs all that its inputs
+        can add ("reach"), so the output is act_min (or act_max) for every input; the
+        largest bias whose accumulator still fits int32 after the multiplier's left shift
+        ("room") gives that same output wherever M (room - reach) >= 257 pushes it past any
+        clamp. (Before, the bias was clamped to int32 and the engine found the overflow.)
+        """
+        if spec.inputs[0] == self.input_name:
+            low, high = self.input_saturation or self.input_range  # the input's zero point is 0
+            input_reach = max(abs(low), abs(high))
+        else:
+            input_reach = INT8_MAX - INT8_MIN
+        reach = q_weight.abs().flatten(1).sum(dim=1).to(torch.float64) * input_reach
+        limit = torch.floor((2 ** 31 - 1) / 2.0 ** torch.tensor(shifts, dtype=torch.float64).clamp(min=0))
+        over = (q_bias.abs() + reach > limit) & (q_bias.abs() > reach)  # a bias that overflows it by itself
+        if not bool(over.any()):
+            return q_bias
+        room = limit - reach
+        multiplier = torch.tensor(reals, dtype=torch.float64)
+        unsure = over & ((room <= reach) | (multiplier * (room - reach) < 257))
+        if bool(unsure.any()):
+            c = int(torch.nonzero(unsure)[0])
+            if room[c] <= reach[c]:
+                why = (f"channel {c}'s multiplier {reals[c]:.4g} shifts its int32 accumulator left by {shifts[c]} "
+                       f"bits, too far for what its inputs add: the output scale {self.qparams[spec.output][0]:.3g} "
+                       "has collapsed against the input and weight scales")
+            else:
+                why = (f"the bias of channel {c}, {float(q_bias[c] * bias_scale[c]):.4g}, is {float(q_bias[c]):.4g} "
+                       f"steps of its scale {float(bias_scale[c]):.3g}, more than its int32 accumulator holds: the "
+                       "model diverged")
+            raise self._unconvertible(spec, why)
+        return torch.where(over, torch.sign(q_bias) * room, q_bias)
 
     @classmethod
     def from_integer_model(cls, model: IntegerModel) -> "QuantModel":
@@ -473,27 +623,14 @@ def discrete_noisy_input(images: torch.Tensor, noise, generator) -> torch.Tensor
     return (torch.from_numpy(k) + images.to(torch.int32)).to(torch.float32)
 
 
-def quantize(checkpoint, config: QuantizeConfig, data_dir=None, progress=None) -> tuple[IntegerModel, dict]:
-    """Quantize a float checkpoint: QAT with discrete Gaussian noise at its training sigma, or PTQ.
+CHECK_EVERY = 25  # QAT batches between conversion checks; a check costs about what rounding the weights does
 
-    QAT (the paper's IntRS model): lower, calibrate ranges on noisy training images,
-    then fine-tune with fake quantization (straight-through estimator) on
-    x_q + k, k ~ N_Z(0, (255 sigma)^2), tracking activation ranges by moving
-    average. PTQ (FloatRS-quant): lower and calibrate on clean training images,
-    no training. Returns the integer model and its metrics (twin and engine
-    accuracy under discrete noise, and their agreement).
-    """
-    from . import engine
-    from .data import augment, load_dataset
-    from .noise import DiscreteGaussianNoise, numpy_generator
-    from .progress import no_progress
-    from .rng import STAGE_EVAL, STAGE_TRAIN, stream_seed
 
-    progress = progress or no_progress
-    config.check()
-    train_set = load_dataset(checkpoint.dataset, "train", data_dir).subset(config.train_subset)
-    checkpoint.check_fits(train_set.info)
-    noise = DiscreteGaussianNoise(checkpoint.sigma)
+def _calibrated(checkpoint, config: QuantizeConfig, train_set, noise) -> QuantModel:
+    """Lower the checkpoint and calibrate its ranges; refuses a calibration that would not convert."""
+    from .noise import numpy_generator
+    from .rng import STAGE_TRAIN, stream_seed
+
     meta = {"arch": checkpoint.config.arch, "dataset": checkpoint.dataset, "sigma": checkpoint.sigma,
             "method": config.method, "checkpoint": str(checkpoint.path), "seed": config.seed,
             "epochs": config.epochs if config.method == "qat" else 0}
@@ -510,28 +647,180 @@ def quantize(checkpoint, config: QuantizeConfig, data_dir=None, progress=None) -
         for start in range(0, len(calibration), config.batch_size):
             images = calibration[start:start + config.batch_size]
             qmodel(discrete_noisy_input(images, noise, generator) if noisy_calibration else images.to(torch.float32))
+    try:
+        qmodel.check_convertible()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (found after calibration, before any fine-tuning: the float model or its "
+                          f"calibration data is at fault; check the checkpoint {checkpoint.path}, or calibrate on "
+                          "other images with --calibration-images / --calibration-noise)") from None
+    return qmodel
 
-    if config.method == "qat" and config.epochs > 0:
-        qmodel.ema = 0.01
-        optimizer = torch.optim.SGD(qmodel.parameters(), lr=config.lr, momentum=0.9)
-        for epoch in range(1, config.epochs + 1):
+
+def _fine_tune(qmodel: QuantModel, config: QuantizeConfig, train_set, noise, progress, state_path) -> str:
+    """QAT in place; returns where the fine-tuned state was saved, for the message of a failed conversion."""
+    from .data import augment
+    from .noise import numpy_generator
+    from .rng import STAGE_TRAIN, stream_seed
+
+    qmodel.ema = 0.01
+    optimizer = torch.optim.SGD(qmodel.parameters(), lr=config.lr, momentum=0.9)
+    per_epoch = math.ceil(len(train_set) / config.batch_size)
+    plan = [(epoch, batch) for epoch in range(1, config.epochs + 1) for batch in range(per_epoch)]
+    saved = None  # the last epoch whose state is in state_path
+    # One bar over every epoch, so that the time it shows left is that of the whole fine-tuning.
+    desc = f"QAT fine-tuning ({config.epochs} epoch{'s' if config.epochs > 1 else ''} of {per_epoch} batches)"
+    for epoch, batch in progress(plan, total=len(plan), desc=desc, unit="batch"):
+        if batch == 0:
             for group in optimizer.param_groups:  # the last epoch at a tenth of the rate
                 group["lr"] = config.lr * (0.1 if epoch == config.epochs and config.epochs > 1 else 1.0)
             torch_generator = torch.Generator().manual_seed(stream_seed(config.seed, STAGE_TRAIN, epoch, 1))
             generator = numpy_generator(stream_seed(config.seed, STAGE_TRAIN, epoch))
             order = torch.randperm(len(train_set), generator=torch_generator)
             qmodel.train()
-            batches = range(0, len(train_set), config.batch_size)
-            for start in progress(batches, total=len(batches), desc=f"QAT epoch {epoch}/{config.epochs}",
-                                  unit="batch"):
-                idx = order[start:start + config.batch_size]
-                images = augment(train_set.images[idx], train_set.info, torch_generator)
-                loss = F.cross_entropy(qmodel(discrete_noisy_input(images, noise, generator)), train_set.labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+        images = augment(train_set.images[idx], train_set.info, torch_generator)
+        last = batch == per_epoch - 1
+        try:
+            loss = F.cross_entropy(qmodel(discrete_noisy_input(images, noise, generator)), train_set.labels[idx])
+            if not math.isfinite(loss.item()):
+                raise ConfigError(f"the loss reached {loss.item()}: the model diverged")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if last or (batch + 1) % CHECK_EVERY == 0:
+                qmodel.check_convertible()
+        except ConfigError as exc:
+            if saved is None:
+                kept = "nothing was saved (no epoch had finished)" if state_path is not None else "nothing was saved"
+            else:
+                kept = (f"the state after epoch {saved} passed this check and is saved in {state_path} "
+                        f"('intrs quantize --qat --from-state {state_path}' converts it)")
+            fewer = f" or with --epochs {epoch - 1}" if epoch > 1 else ""
+            raise ConfigError(f"{exc} (found in QAT epoch {epoch}/{config.epochs}, batch {batch + 1}/{per_epoch}); "
+                              f"fine-tune at a lower --lr than {config.lr:g}{fewer}; {kept}") from None
+        if last and state_path is not None:
+            saved = epoch
+            save_qat_state(qmodel, state_path, epoch, config)
+    if state_path is None:
+        return "the fine-tuned state was not saved"
+    return (f"the fine-tuned state is saved in {state_path} "
+            f"('intrs quantize --qat --from-state {state_path}' converts it)")
+
+
+# ---------------------------------------------------------------- the fine-tuned state, kept across a failure
+
+
+QAT_STATE_FORMAT = "intrs-qat-state"
+QAT_STATE_VERSION = 1
+
+
+def save_qat_state(qmodel: QuantModel, path, epoch: int, config: QuantizeConfig) -> Path:
+    """Write the fine-tuned float state (weights, biases, tracked ranges) atomically, for ``load_qat_state``."""
+    path = Path(path)
+    payload = {
+        "format": QAT_STATE_FORMAT, "version": QAT_STATE_VERSION, "epoch": int(epoch), "config": asdict(config),
+        "meta": dict(qmodel.meta), "input_shape": list(qmodel.input_shape),
+        "layers": [_layer_signature(layer) for layer in qmodel.specs],
+        "weights": {name: p.detach().clone() for name, p in qmodel.weights.items()},
+        "biases": {name: p.detach().clone() for name, p in qmodel.biases.items()},
+        "ranges": {name: [float(low), float(high)] for name, (low, high) in qmodel.ranges.items()},
+        "input_saturation": None if qmodel.input_saturation is None else list(qmodel.input_saturation),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the QAT state {path}: {str(exc)[:200]}") from None
+    return path
+
+
+def load_qat_state(path, checkpoint) -> tuple[QuantModel, dict]:
+    """The state ``save_qat_state`` wrote for the model lowered from ``checkpoint``, ranges settled: convert it next."""
+    path = Path(path)
+    payload = read_torch_file(path, "QAT state", "'intrs quantize --qat' writes one beside its --out")
+    if not isinstance(payload, dict) or payload.get("format") != QAT_STATE_FORMAT:
+        raise CheckpointError(f"{path} is not an intrs QAT state (no '{QAT_STATE_FORMAT}' header)")
+    if payload.get("version") != QAT_STATE_VERSION:
+        raise CheckpointError(f"QAT state {path} has version {payload.get('version')}, this intrs reads "
+                              f"{QAT_STATE_VERSION}")
+    try:
+        meta = dict(payload["meta"])
+        made_from = (meta["arch"], meta["dataset"], float(meta["sigma"]))
+        if made_from != (checkpoint.config.arch, checkpoint.dataset, checkpoint.sigma):
+            raise CheckpointError(f"QAT state {path} was fine-tuned from a {made_from[0]} on {made_from[1]} at "
+                                  f"sigma {made_from[2]:g} ({meta.get('checkpoint')}), not from checkpoint "
+                                  f"{checkpoint.path}: pass the checkpoint it was made from")
+        qmodel = prepare(checkpoint.model, tuple(payload["input_shape"]), meta)
+        if [_layer_signature(layer) for layer in qmodel.specs] != payload["layers"]:
+            raise CheckpointError(f"QAT state {path} has other layers than checkpoint {checkpoint.path} "
+                                  f"({meta.get('checkpoint')} made it): pass the checkpoint it was made from")
+        with torch.no_grad():
+            for name, parameter in qmodel.weights.items():
+                parameter.copy_(payload["weights"][name].to(parameter.dtype))
+            for name, parameter in qmodel.biases.items():
+                parameter.copy_(payload["biases"][name].to(parameter.dtype))
+        qmodel.ranges = {name: [float(low), float(high)] for name, (low, high) in payload["ranges"].items()}
+        saturation = payload["input_saturation"]
+        qmodel.input_saturation = None if saturation is None else tuple(int(v) for v in saturation)
+        qmodel.settle_qparams()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"QAT state {path} is damaged ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return qmodel, payload
+
+
+def _layer_signature(layer: FloatLayer) -> list:
+    return [layer.name, layer.op, None if layer.weight is None else list(layer.weight.shape)]
+
+
+def quantize(checkpoint, config: QuantizeConfig, data_dir=None, progress=None, state_path=None,
+             from_state=None) -> tuple[IntegerModel, dict]:
+    """Quantize a float checkpoint: QAT with discrete Gaussian noise at its training sigma, or PTQ.
+
+    QAT (the paper's IntRS model): lower, calibrate ranges on noisy training images,
+    then fine-tune with fake quantization (straight-through estimator) on
+    x_q + k, k ~ N_Z(0, (255 sigma)^2), tracking activation ranges by moving
+    average. PTQ (FloatRS-quant): lower and calibrate on clean training images,
+    no training. Returns the integer model and its metrics (twin and engine
+    accuracy under discrete noise, and their agreement).
+
+    Whether every layer converts to TFLite int8 is checked after calibration,
+    every ``CHECK_EVERY`` batches and at the end of every epoch, so a failure
+    comes early and names its layer. With ``state_path`` the fine-tuned float
+    state is written there (atomically) after every epoch that passed the
+    check; ``from_state`` converts such a state instead of calibrating and
+    fine-tuning again.
+    """
+    from . import engine
+    from .data import load_dataset
+    from .noise import DiscreteGaussianNoise, numpy_generator
+    from .progress import no_progress
+    from .rng import STAGE_EVAL, stream_seed
+
+    progress = progress or no_progress
+    config.check()
+    noise = DiscreteGaussianNoise(checkpoint.sigma)
+    if from_state is not None:
+        if config.method != "qat":
+            raise ConfigError(f"{from_state} holds a QAT fine-tuning: convert it with method 'qat' (--qat)")
+        qmodel = load_qat_state(from_state, checkpoint)[0]
+        saved = f"the fine-tuned state converted is {from_state}"
+    else:
+        train_set = load_dataset(checkpoint.dataset, "train", data_dir).subset(config.train_subset)
+        checkpoint.check_fits(train_set.info)
+        qmodel = _calibrated(checkpoint, config, train_set, noise)
+        saved = None
+        if config.method == "qat" and config.epochs > 0:
+            saved = _fine_tune(qmodel, config, train_set, noise, progress, state_path)
     qmodel.eval()
-    integer_model = qmodel.to_integer_model()
+    try:
+        integer_model = qmodel.to_integer_model()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; {saved or 'nothing was fine-tuned'}") from None
 
     test_set = load_dataset(checkpoint.dataset, "test", data_dir).subset(config.eval_images)
     twin = QuantModel.from_integer_model(integer_model)

@@ -1,23 +1,30 @@
-"""Reports: certified-accuracy tables from result TSVs (ours or Cohen et al.'s).
+"""Reports: certified-accuracy tables and curves from result TSVs (ours or Cohen et al.'s).
 
 Reads data, never makes it. Certified accuracy at radius r is the fraction of
 test images whose certified prediction is correct and whose radius is at least r
-(Cohen's analyze.py convention, SPEC section 5).
+(Cohen's analyze.py convention, SPEC section 5). A PREDICT file certifies no
+radius: its row gives the accuracy and the abstain rate instead.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import math
+import os
+import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
-from .results import read_results
+from .errors import ConfigError, DataError, MissingDependencyError, OutputExistsError
+from .results import read_result_table
 
 RADIUS_STEP = 0.25
 DEFAULT_MAX_RADIUS = 1.5
+MAX_RADIUS_COLUMNS = 1000  # a table, not a curve: --plot draws curves
+_PLOT_POINTS = 400
 
 
 def certified_accuracy(rows: list[dict], radius: float) -> float:
@@ -28,71 +35,240 @@ def certified_accuracy(rows: list[dict], radius: float) -> float:
 
 
 def radius_grid(max_radius: float, step: float = RADIUS_STEP) -> list[float]:
-    """0, step, 2 step, ... up to max_radius inclusive."""
+    """0, step, 2 step, ... up to max_radius inclusive; at most MAX_RADIUS_COLUMNS values."""
+    if not (math.isfinite(step) and step > 0 and math.isfinite(max_radius) and max_radius >= 0):
+        raise ConfigError(f"the radius step must be a number > 0 and the largest radius a number >= 0, "
+                          f"got step={step}, max radius={max_radius}")
+    columns = max_radius / step + 1  # may be inf (1e300 / 1e-300): compared before any int() of it
+    if not columns < MAX_RADIUS_COLUMNS + 1:
+        raise ConfigError(f"radius step {step:g} up to {max_radius:g} makes {columns:.3g} columns, more than the "
+                          f"{MAX_RADIUS_COLUMNS} a table holds: pass a larger --step or a smaller --max-radius "
+                          "(--plot draws the whole curve)")
     return [round(i * step, 10) for i in range(int(math.floor(max_radius / step + 1e-9)) + 1)]
+
+
+def file_label(path: str | Path) -> str:
+    """The file name without a .tsv or .txt extension: Cohen's ``sigma_0.25`` has none, and is not ``sigma_0``."""
+    name = Path(path).name
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in (".tsv", ".txt") else name
+
+
+_SIGMA_IN_NAME = re.compile(r"(?:sigma|noise)[_=-]?(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def sigma_from_name(path: str | Path) -> str:
+    """The sigma a file name states (Cohen's layout: .../noise_0.25/test/sigma_0.50), or ''."""
+    match = _SIGMA_IN_NAME.search(file_label(path))
+    return match.group(1) if match else ""
+
+
+def _parse(path: Path, rows: list[dict], certify: bool) -> list[tuple[bool, bool, float]]:
+    """(correct, abstained, radius) per row, every value checked: a bad row is named, not skipped."""
+    parsed = []
+    for line, row in enumerate(rows, start=2):
+        if None in row.values():  # csv fills a short row's missing fields with None
+            raise DataError(f"{path} line {line} has fewer fields than the header (a torn or truncated row?)")
+        values = {}
+        for name, kind in (("correct", int), ("predict", int)) + ((("radius", float),) if certify else ()):
+            try:
+                values[name] = kind(row[name])
+            except ValueError:
+                raise DataError(f"{path} line {line}: {name} {row[name]!r} is not "
+                                f"{'an integer' if kind is int else 'a number'}") from None
+        radius = values.get("radius", 0.0)
+        if values["correct"] not in (0, 1):
+            raise DataError(f"{path} line {line}: correct must be 0 or 1, got {row['correct']!r}")
+        if not (math.isfinite(radius) and radius >= 0):  # NaN would drop out of every comparison silently
+            raise DataError(f"{path} line {line}: the radius must be a finite number >= 0, got {row['radius']!r}")
+        parsed.append((values["correct"] == 1, values["predict"] == -1, radius))
+    return parsed
 
 
 @dataclass
 class AccuracyTable:
-    """Certified accuracy, one row per result file, one column per radius (the paper's Table 2 layout)."""
+    """One row per result file, in the order given (the paper's Table 2 layout, one column per radius).
 
-    rows: list[dict]  # each: system, sigma, file, images, accuracies
+    Each row: system, sigma, file, images, kind ('certify' or 'predict'),
+    accuracy, abstain, accuracies (certified accuracy at each radius, CERTIFY
+    only), certified (the sorted radii of the correct rows, for the curves) and
+    samples (forward passes per image: n0 + n for CERTIFY, n for PREDICT; None
+    for files without an n column). When any file is a sequential run (a max_n
+    column), the table adds each file's mean and median samples per image.
+    """
+
+    rows: list[dict]
     radii: list[float]
 
+    @property
+    def has_predict(self) -> bool:
+        return any(row["kind"] == "predict" for row in self.rows)
+
+    @property
+    def has_certify(self) -> bool:
+        return any(row["kind"] == "certify" for row in self.rows)
+
+    @property
+    def has_samples(self) -> bool:
+        return any(row.get("sequential") for row in self.rows)
+
+    def _header(self) -> list[str]:
+        return (["system", "sigma", "file", "images"] + (["accuracy", "abstain"] if self.has_predict else [])
+                + [f"r = {r:g}" for r in (self.radii if self.has_certify else [])]
+                + (["mean samples", "median samples"] if self.has_samples else []))
+
+    def _cells(self, row: dict, digits: int, missing: str) -> list[str]:
+        cells = [row["system"], row["sigma"], row["file"], str(row["images"])]
+        if self.has_predict:
+            cells += [f"{row['accuracy']:.{digits}f}", f"{row['abstain']:.{digits}f}"]
+        if self.has_certify:
+            cells += ([f"{a:.{digits}f}" for a in row["accuracies"]] if row["kind"] == "certify"
+                      else [missing] * len(self.radii))
+        if self.has_samples:
+            samples = row.get("samples")
+            cells += ([f"{statistics.fmean(samples):.1f}", f"{statistics.median(samples):.1f}"] if samples
+                      else [missing] * 2)
+        return cells
+
     def to_markdown(self) -> str:
-        header = ["system", "sigma", "images"] + [f"r = {r:g}" for r in self.radii]
+        header = self._header()
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in self.rows:
-            cells = [row["system"], row["sigma"], str(row["images"])] + [f"{a:.3f}" for a in row["accuracies"]]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["| " + " | ".join(self._cells(row, 3, "-")) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["system", "sigma", "file", "images"] + [f"{r:g}" for r in self.radii])
-        for row in self.rows:
-            writer.writerow([row["system"], row["sigma"], row["file"], row["images"]]
-                            + [f"{a:.6f}" for a in row["accuracies"]])
+        writer.writerow([h.removeprefix("r = ") for h in self._header()])
+        writer.writerows(self._cells(row, 6, "") for row in self.rows)
         return out.getvalue()
+
+    def to_latex(self) -> str:
+        """A LaTeX tabular (no packages needed), the markdown table's cells with text escaped."""
+        header = self._header()
+        numeric = len(header) - 3
+        head = " & ".join(_latex_escape(h) if not h.startswith("r = ") else f"$r = {h[4:]}$" for h in header)
+        body = [" & ".join(_latex_escape(c) for c in self._cells(row, 3, "--")) + r" \\" for row in self.rows]
+        return "\n".join([r"\begin{tabular}{lll" + "r" * numeric + "}", r"\hline", head + r" \\", r"\hline",
+                          *body, r"\hline", r"\end{tabular}"]) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
 def analyze(paths: list[str | Path], max_radius: float | None = None, step: float = RADIUS_STEP) -> AccuracyTable:
-    """Certified accuracy at r = 0, step, ... for each result file, side by side.
+    """Certified accuracy at r = 0, step, ... for each result file, side by side, in the order given.
 
     Files without our extra columns (Cohen et al.'s own TSVs) are labelled by
-    their file name.
+    their file name, and their sigma read from it (``sigma_0.25``). A PREDICT file
+    (ours, with a p_value column, or Cohen's, without a radius) gets its accuracy
+    and abstain rate. Every row must parse: a bad value is named, not skipped.
     """
     if not paths:
         raise DataError("analyze needs at least one result file")
-    if step <= 0 or (max_radius is not None and max_radius < 0):
-        raise DataError(f"radius step must be > 0 and max radius >= 0, got step={step}, max={max_radius}")
-    loaded = [(Path(p), read_results(p)) for p in paths]
-    if max_radius is None:
-        largest = max((float(r["radius"]) for _, rows in loaded for r in rows), default=0.0)
-        max_radius = max(DEFAULT_MAX_RADIUS, min(4.0, math.ceil(largest / step) * step))
-    radii = radius_grid(max_radius, step)
+    # A bad --max-radius or --step is refused before any file is read.
+    radius_grid(DEFAULT_MAX_RADIUS if max_radius is None else max_radius, step)
     table = []
-    for path, rows in loaded:
+    for path in map(Path, paths):
+        columns, rows = read_result_table(path)
+        certify = "radius" in columns and "p_value" not in columns
+        parsed = _parse(path, rows, certify)
         first = rows[0] if rows else {}
         table.append({
-            "system": first.get("system") or path.stem, "sigma": first.get("sigma", ""), "file": str(path),
-            "images": len(rows), "accuracies": [certified_accuracy(rows, r) for r in radii],
+            "system": first.get("system") or file_label(path), "sigma": first.get("sigma") or sigma_from_name(path),
+            "file": str(path), "images": len(rows), "kind": "certify" if certify else "predict",
+            "accuracy": sum(c for c, _, _ in parsed) / len(parsed) if parsed else 0.0,
+            "abstain": sum(a for _, a, _ in parsed) / len(parsed) if parsed else 0.0,
+            "certified": sorted(r for c, _, r in parsed if c) if certify else [],
+            "samples": _samples(path, columns, rows, certify), "sequential": "max_n" in columns,
         })
-    table.sort(key=_paper_order)
+    if max_radius is None:
+        largest = max((r for row in table for r in row["certified"]), default=0.0)
+        max_radius = max(DEFAULT_MAX_RADIUS, min(4.0, math.ceil(min(largest, 4.0) / step) * step))
+    radii = radius_grid(max_radius, step)
+    for row in table:
+        row["accuracies"] = [_accuracy_at(row, r) for r in radii] if row["kind"] == "certify" else []
     return AccuracyTable(table, radii)
 
 
-_SYSTEM_ORDER = {"floatrs-fp": 0, "intrs-quant": 1, "floatrs-quant": 2}
+def _samples(path: Path, columns: list[str], rows: list[dict], certify: bool) -> list[int] | None:
+    """Forward passes per image: n0 + n for CERTIFY (selection and estimation), n for PREDICT; None without n."""
+    if "n" not in columns:
+        return None
+    names = ("n0", "n") if certify and "n0" in columns else ("n",)
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            samples.append(sum(int(row[name]) for name in names))
+        except ValueError:
+            raise DataError(f"{path} line {line}: {'/'.join(names)} must be integers, got "
+                            f"{' '.join(repr(row[name]) for name in names)}") from None
+    return samples
 
 
-def _paper_order(row: dict) -> tuple:
-    """The paper's Table 2 order: FloatRS-fp, IntRS-quant, FloatRS-quant, each by increasing sigma."""
+def _accuracy_at(row: dict, radius: float) -> float:
+    """certified_accuracy from a row's sorted certified radii: those >= radius, over all images."""
+    return (len(row["certified"]) - bisect.bisect_left(row["certified"], radius)) / row["images"] if row["images"] \
+        else 0.0
+
+
+def write_accuracy_plot(table: AccuracyTable, path: str | Path, force: bool = False) -> Path:
+    """Certified accuracy against radius, one curve per CERTIFY file (Cohen's analyze.py figures).
+
+    The format follows the file's extension (PNG when it has none matplotlib
+    knows); written to a temporary file and renamed, so no half-written figure
+    is left under the final name.
+    """
+    path = Path(path)
+    curves = [row for row in table.rows if row["kind"] == "certify"]
+    if not curves:
+        raise ConfigError("--plot draws certified accuracy against radius, and PREDICT files certify no radius: "
+                          "give at least one CERTIFY file")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists: pass --force to overwrite it or choose another --plot")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist")
     try:
-        sigma = float(row["sigma"])
-    except ValueError:
-        sigma = math.inf
-    return (_SYSTEM_ORDER.get(row["system"], len(_SYSTEM_ORDER)), row["system"], sigma, row["file"])
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib, which is not installed: "
+                                     "pip install 'intrs[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    largest = table.radii[-1] if table.radii else DEFAULT_MAX_RADIUS
+    grid = [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    try:
+        fmt = path.suffix[1:].lower()
+        if fmt not in fig.canvas.get_supported_filetypes():
+            fmt = "png"
+        for row in curves:
+            about = ([row["system"]] if row["system"] != file_label(row["file"]) else []) \
+                + ([f"sigma = {row['sigma']}"] if row["sigma"] else [])
+            label = f"{row['file']} ({', '.join(about)})" if about else row["file"]
+            ax.plot(grid, [_accuracy_at(row, r) for r in grid], label=label)
+        ax.set_xlabel("L2 radius ([0, 1] pixel units)")
+        ax.set_ylabel("certified accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            fig.savefig(tmp, format=fmt, dpi=120)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------- one HTML page for a run folder

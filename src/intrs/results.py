@@ -14,7 +14,7 @@ import csv
 import fcntl
 import json
 import os
-from decimal import ROUND_FLOOR, Context
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context
 from pathlib import Path
 from typing import Iterable
 
@@ -24,8 +24,13 @@ COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 CERTIFY_COLUMNS = COHEN_COLUMNS + ("counts_top", "n0", "n", "pA_lower", "sigma", "alpha", "system", "noise", "seed")
 PREDICT_COLUMNS = COHEN_COLUMNS + ("counts_top", "counts_second", "n", "p_value", "sigma", "alpha", "system",
                                    "noise", "seed")
+# The sequential forms: n is the samples used; max_n the budget. stop: decided, settled, abstain or budget;
+# decisions: radius:certified|refuted|budget for each listed radius ("-" in tolerance mode).
+SEQUENTIAL_CERTIFY_COLUMNS = CERTIFY_COLUMNS + ("max_n", "pA_upper", "stop", "decisions")
+SEQUENTIAL_PREDICT_COLUMNS = PREDICT_COLUMNS + ("max_n",)
 
 _FLOOR_7 = Context(prec=7, rounding=ROUND_FLOOR)
+_CEILING_9 = Context(prec=9, rounding=ROUND_CEILING)
 
 
 def format_radius(radius: float) -> str:
@@ -38,6 +43,11 @@ def format_radius(radius: float) -> str:
     if radius <= 0:
         return "0"
     return format(_FLOOR_7.create_decimal(radius), "f")
+
+
+def format_upper(p: float) -> str:
+    """An upper bound with 9 significant digits, rounded up, never down (the exact binary value's ceiling)."""
+    return format(_CEILING_9.create_decimal(p), "f")
 
 
 def metadata_path(path: Path) -> Path:
@@ -129,7 +139,20 @@ class ResultWriter:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """Rows of a result TSV (ours or one written by Cohen et al.'s code), as dicts of strings."""
+    """Rows of a CERTIFY result TSV (ours or one written by Cohen et al.'s code), as dicts of strings."""
+    columns, rows = read_result_table(path)
+    if "radius" not in columns:
+        raise DataError(f"{path} lacks the column 'radius': expected a tab-separated file with Cohen's header "
+                        "'idx label predict radius correct time'")
+    return rows
+
+
+def read_result_table(path: str | Path) -> tuple[list[str], list[dict]]:
+    """The header and rows of a CERTIFY or PREDICT result TSV, ours or Cohen et al.'s.
+
+    Cohen's predict.py writes 'idx label predict correct time', without a radius,
+    so only idx, label, predict and correct are required here.
+    """
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -138,8 +161,14 @@ def read_results(path: str | Path) -> list[dict]:
             fields = reader.fieldnames or []
     except OSError as exc:
         raise DataError(f"cannot read results {path}: {exc.strerror}") from None
-    missing = [c for c in ("idx", "label", "predict", "radius", "correct") if c not in fields]
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text file (a checkpoint or other binary file?): expected a result TSV "
+                        "with Cohen's header 'idx label predict radius correct time'") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable tab-separated file: {exc}") from None
+    missing = [c for c in ("idx", "label", "predict", "correct") if c not in fields]
     if missing:
         raise DataError(f"{path} lacks the columns {missing}: expected a tab-separated file with Cohen's header "
-                        "'idx label predict radius correct time'")
-    return rows
+                        "'idx label predict radius correct time' (CERTIFY) or 'idx label predict correct time' "
+                        "(PREDICT)")
+    return list(fields), rows

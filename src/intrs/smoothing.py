@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from statistics import NormalDist
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from scipy.stats import beta, binomtest
 
+from .confidence import (PredictThresholds, SequentialBounds, batch_schedule, binomial_p_value, check_radii,
+                         clopper_pearson_lower, radius_tables)
 from .errors import ConfigError
 from .noise import NoiseLaw
-from .rng import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, stream_seed
+from .rng import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT
 
 ABSTAIN = -1
 
@@ -46,33 +48,15 @@ def check_sample_sizes(n: int, n0: int | None = None, batch_size: int | None = N
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
 
 
-def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
-    """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion.
-
-    The alpha quantile of Beta(k, n - k + 1) (Cohen et al. 2019, Alg. CERTIFY,
-    LowerConfBound); 0 when k = 0.
-    """
-    if successes <= 0:
-        return 0.0
-    return float(beta.ppf(alpha, successes, trials - successes + 1))
-
-
-def binomial_p_value(successes: int, trials: int) -> float:
-    """Two-sided exact binomial test of ``successes`` out of ``trials`` against p = 1/2."""
-    if trials == 0:
-        return 1.0
-    return float(binomtest(successes, trials, 0.5, alternative="two-sided").pvalue)
-
-
 @dataclass(frozen=True)
 class Certificate:
     """CERTIFY's answer: the class (ABSTAIN = -1), its L2 radius, and the evidence behind them."""
 
     prediction: int
-    radius: float
+    radius: float  # never above the exact sigma * PhiInv(p_lower) (certified_radius)
     counts_top: int  # nA: votes for the selected class among the n estimation samples
     n: int
-    p_lower: float
+    p_lower: float  # never above the exact Clopper-Pearson bound (clopper_pearson_lower)
 
     @property
     def abstained(self) -> bool:
@@ -94,6 +78,40 @@ class Prediction:
         return self.prediction == ABSTAIN
 
 
+CERTIFIED, REFUTED, OUT_OF_BUDGET = "certified", "refuted", "budget"
+"""How sequential CERTIFY decided a listed radius: certified; refuted (the upper bound is below it: pA <
+Phi(r / sigma) with the same confidence); or out of the budget (not certifiable within max_n samples)."""
+
+
+@dataclass(frozen=True)
+class SequentialCertificate(Certificate):
+    """Sequential CERTIFY's answer: a ``Certificate`` (n = the estimation samples it used) and how it stopped.
+
+    ``stop``: "decided" (every listed radius decided), "settled" (the radius known within the tolerance),
+    "abstain" (the upper bound is at most 1/2) or "budget" (max_n reached). ``decisions``: (radius, how it
+    was decided) for each listed radius, empty in tolerance mode.
+    """
+
+    p_upper: float  # the sequence's upper bound at the stop (never below the exact one)
+    max_n: int
+    stop: str
+    decisions: tuple[tuple[float, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SequentialPrediction(Prediction):
+    """Sequential PREDICT's answer: a ``Prediction`` (n = the samples it used; p_value anytime-valid) and its budget."""
+
+    max_n: int
+
+
+def _radius_estimate(sigma: float, p: float) -> float:
+    """sigma PhiInv(p) in float64, for stopping rules only (certificates go through the noise law's radius)."""
+    if p <= 0.5:
+        return 0.0
+    return math.inf if p >= 1 else sigma * NormalDist().inv_cdf(p)
+
+
 class SmoothedClassifier:
     """A base classifier smoothed by a noise law (Cohen et al. 2019, Section 3)."""
 
@@ -101,10 +119,10 @@ class SmoothedClassifier:
         check_sample_sizes(1, batch_size=batch_size)
         self.base, self.noise, self.num_classes, self.batch_size = base, noise, int(num_classes), int(batch_size)
 
-    def sample_counts(self, pixels: torch.Tensor, num: int, seed: int) -> np.ndarray:
+    def sample_counts(self, pixels: torch.Tensor, num: int, seed: int, *key: int) -> np.ndarray:
         """Votes of the base classifier on ``num`` noisy copies of ``pixels``, drawn in batches
-        from the noise law's generator seeded with the 64-bit ``seed``."""
-        generator = self.noise.generator(seed)
+        from the noise law's generator for the stream (seed, *key)."""
+        generator = self.noise.generator(seed, *key)
         counts = np.zeros(self.num_classes, dtype=np.int64)
         remaining = int(num)
         while remaining > 0:
@@ -124,9 +142,9 @@ class SmoothedClassifier:
         """
         check_sample_sizes(n, n0)
         alpha = check_alpha(alpha)
-        selection = self.sample_counts(pixels, n0, stream_seed(seed, idx, STAGE_SELECT))
+        selection = self.sample_counts(pixels, n0, seed, idx, STAGE_SELECT)
         top = int(selection.argmax())
-        estimation = self.sample_counts(pixels, n, stream_seed(seed, idx, STAGE_ESTIMATE))
+        estimation = self.sample_counts(pixels, n, seed, idx, STAGE_ESTIMATE)
         counts_top = int(estimation[top])
         p_lower = clopper_pearson_lower(counts_top, n, alpha)
         if p_lower <= 0.5:
@@ -142,7 +160,7 @@ class SmoothedClassifier:
         """
         check_sample_sizes(n)
         alpha = check_alpha(alpha)
-        counts = self.sample_counts(pixels, n, stream_seed(seed, idx, STAGE_PREDICT))
+        counts = self.sample_counts(pixels, n, seed, idx, STAGE_PREDICT)
         # A stable sort keeps the lower class index first among equal counts.
         order = np.argsort(-counts, kind="stable")
         top, second = int(order[0]), int(order[1]) if len(order) > 1 else int(order[0])
@@ -151,6 +169,139 @@ class SmoothedClassifier:
         prediction = top if p_value <= alpha else ABSTAIN
         return Prediction(prediction, n_top, n_second, int(n), p_value)
 
+
+    def count_steps(self, pixels: torch.Tensor, steps: tuple[int, ...], seed: int, *key: int) -> Iterator[np.ndarray]:
+        """The cumulative votes after each step of a batch schedule (t_1 < t_2 < ...), from one stream (seed, *key).
+
+        The counting loop of the sequential rules: each step draws t_k - t_{k-1} noisy copies (at most
+        ``batch_size`` per forward pass) and yields the running counts; a consumer stops whenever it likes.
+        """
+        generator = self.noise.generator(seed, *key)
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        drawn = 0
+        for t in steps:
+            while drawn < t:
+                size = min(self.batch_size, t - drawn)
+                labels = self.base(self.noise.perturb(pixels, size, generator))
+                counts += np.bincount(np.asarray(labels, dtype=np.int64), minlength=self.num_classes)[: self.num_classes]
+                drawn += size
+            yield counts.copy()
+
+    def certify_sequential(self, pixels: torch.Tensor, n0: int, max_n: int, alpha: float, radii=None,
+                           tolerance: float | None = None, seed: int = 0, idx: int = 0) -> SequentialCertificate:
+        """Cohen et al. 2019, Alg. CERTIFY, with an anytime-valid estimation stage that stops early.
+
+        Selection as Cohen's: n0 samples from the stream (seed, idx, STAGE_SELECT), cA their most frequent
+        class. Estimation draws from the independent stream (seed, idx, STAGE_ESTIMATE) in the steps of
+        ``batch_schedule(max_n, batch_size)`` and bounds pA = P[f(x + noise) = cA] with
+        ``SequentialBounds`` (the mixture confidence sequence at alpha / 2 at every step, Clopper-Pearson at
+        alpha / 2 at max_n): with probability at least 1 - alpha the lower bound stays below pA at every
+        step, so whatever the rule stops on, the answer is Cohen's guarantee with that lower bound: if it is a
+        class cA with radius R, the smoothed classifier predicts cA within L2 distance R of x.
+
+        With ``radii``: stop once each listed radius is decided (``RadiusTables``: certified, refuted, or
+        out of the budget), or at max_n. Without: stop once the radius is known within ``tolerance``
+        (sigma PhiInv(upper) - R <= tolerance, or max_n could raise R by at most that much), or once
+        upper <= 1/2 (ABSTAIN), or at max_n. R = sigma PhiInv(L) from ``self.noise.radius``, L the largest
+        lower bound of the steps drawn (the sequence holds at all of them at once), ABSTAIN unless L > 1/2;
+        R is never below a listed radius the rule certified.
+        """
+        check_sample_sizes(max_n, n0)
+        alpha = check_alpha(alpha)
+        if (radii is None) == (tolerance is None):
+            raise ConfigError("sequential CERTIFY needs either radii to decide or a tolerance on the radius")
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+            raise ConfigError(f"the radius tolerance must be a number > 0 (e.g. 0.05), got {tolerance!r}")
+        bounds = SequentialBounds(batch_schedule(max_n, self.batch_size), alpha)
+        selection = self.sample_counts(pixels, n0, seed, idx, STAGE_SELECT)
+        top = int(selection.argmax())
+        steps = self.count_steps(pixels, bounds.steps, seed, idx, STAGE_ESTIMATE)
+        if radii is not None:
+            return self._decide_radii(top, steps, bounds, check_radii(radii))
+        return self._settle_radius(top, steps, bounds, float(tolerance))
+
+    def _decide_radii(self, top: int, steps: Iterator[np.ndarray], bounds: SequentialBounds,
+                      radii: tuple[float, ...]) -> SequentialCertificate:
+        tables = radius_tables(bounds.steps, bounds.alpha, self.noise.sigma, radii)
+        status: list[str | None] = [None] * len(radii)
+        best = 0.0
+        last = len(bounds.steps) - 1
+        for k, counts in enumerate(steps):
+            count, t = int(counts[top]), bounds.steps[k]
+            if count / t > best:  # the lower bound lies below count / t: only then can it raise best
+                best = bounds.lower(k, count, at_least=best)
+            for j in range(len(radii)):
+                if status[j] is None:
+                    if count >= tables.certify_at[k, j]:
+                        status[j] = CERTIFIED
+                    elif count < tables.refuted_below[k, j]:
+                        status[j] = REFUTED
+                    elif count < tables.budget_below[k, j]:
+                        status[j] = OUT_OF_BUDGET
+            if all(status):
+                break
+        certified = [r for r, how in zip(radii, status) if how == CERTIFIED]
+        stop = "budget" if k == last else "decided"
+        return self._sequential_answer(top, count, k, bounds, best, certified[-1] if certified else 0.0, stop,
+                                       tuple(zip(radii, status)))
+
+    def _settle_radius(self, top: int, steps: Iterator[np.ndarray], bounds: SequentialBounds,
+                       tolerance: float) -> SequentialCertificate:
+        sigma, best, upper, last = self.noise.sigma, 0.0, 1.0, len(bounds.steps) - 1
+        stop = "budget"
+        for k, counts in enumerate(steps):
+            count, t = int(counts[top]), bounds.steps[k]
+            if count / t > best:
+                best = bounds.lower(k, count, at_least=best)
+            upper = min(upper, bounds.upper(k, count))  # the running intersection is valid too
+            if k == last:
+                break
+            radius = _radius_estimate(sigma, best)
+            if upper <= 0.5:
+                stop = "abstain"
+                break
+            reachable = bounds.lower_float(last, count + bounds.budget - t)  # every remaining vote for cA
+            if min(_radius_estimate(sigma, upper), _radius_estimate(sigma, reachable)) - radius <= tolerance:
+                stop = "settled"
+                break
+        return self._sequential_answer(top, count, k, bounds, best, 0.0, stop, (), upper)
+
+    def _sequential_answer(self, top, count, k, bounds, best, certified_radius_floor, stop, decisions,
+                           upper=None) -> SequentialCertificate:
+        upper = bounds.upper(k, count) if upper is None else upper
+        n, max_n = bounds.steps[k], bounds.budget
+        if not best > 0.5:
+            return SequentialCertificate(ABSTAIN, 0.0, count, n, best, upper, max_n, stop, decisions)
+        # certified_radius_floor: a listed radius the exact test certified, itself a valid certificate.
+        radius = max(self.noise.radius(best), certified_radius_floor)
+        return SequentialCertificate(top, radius, count, n, best, upper, max_n, stop, decisions)
+
+    def predict_sequential(self, pixels: torch.Tensor, max_n: int, alpha: float, seed: int = 0,
+                           idx: int = 0) -> SequentialPrediction:
+        """Cohen et al. 2019, Alg. PREDICT (the paper's Algorithm 2) with an anytime-valid test that stops early.
+
+        Draws from the stream (seed, idx, STAGE_PREDICT) in the steps of ``batch_schedule(max_n,
+        batch_size)``; after each step, with nA, nB the two largest counts (ties to the lower class index),
+        returns the top class once nA >= ``PredictThresholds.decide_at(nA + nB)``, ABSTAIN at max_n. With
+        probability at least 1 - alpha the answer, when not ABSTAIN, is g(x), whenever it stops
+        (``PredictThresholds`` gives the argument: a sequence on the votes of each pair, a union over the
+        K - 1 classes that could be returned wrongly).
+        """
+        check_sample_sizes(max_n)
+        alpha = check_alpha(alpha)
+        steps = batch_schedule(max_n, self.batch_size)
+        rule = PredictThresholds(alpha, self.num_classes)
+        last = len(steps) - 1
+        for k, counts in enumerate(self.count_steps(pixels, steps, seed, idx, STAGE_PREDICT)):
+            order = np.argsort(-counts, kind="stable")  # a stable sort keeps the lower class index first
+            top = int(order[0])
+            n_top, n_second = int(counts[top]), int(counts[order[1]]) if len(order) > 1 else 0
+            if n_top >= rule.decide_at(n_top + n_second, final=k == last):
+                break
+        else:
+            top = ABSTAIN
+        p_value = rule.p_value(n_top, n_second, final=k == last)
+        return SequentialPrediction(top, n_top, n_second, steps[k], p_value, steps[-1])
 
 class TorchClassifier:
     """A float PyTorch model as a base classifier: argmax of its logits, in eval mode, no gradients."""
