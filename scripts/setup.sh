@@ -13,11 +13,14 @@ if [ ! -e "$fmnist/t10k-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null
     || echo "setup: could not install dataset-fashion-mnist; pass --data-dir to a Fashion-MNIST folder" >&2
 fi
 
-# the kernels' tests: qemu-user runs their probe on emulated CPUs (x86 without AVX-512 or AVX2, aarch64 with and
+# the kernels' and the C export's tests: qemu-user runs their probe on emulated CPUs (x86 without AVX-512 or AVX2, aarch64 with and
 # without the dot-product instructions), gcc-aarch64-linux-gnu cross-compiles the NEON kernels
 tools=()
 command -v qemu-x86_64 >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 || tools+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || tools+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+# the C export's tests: a Cortex-M4 build (newlib, semihosting) run on QEMU's MPS2 board
+command -v arm-none-eabi-gcc >/dev/null 2>&1 || tools+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null 2>&1 || tools+=(qemu-system-arm)
 if [ ${#tools[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${tools[*]} (Debian packages) for the kernels' emulated-CPU tests" >&2

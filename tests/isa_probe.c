@@ -90,7 +90,10 @@ int main(void) {
         if (isa->level != level) bad = printf("table of %s says level %d\n", name(level), isa->level);
         int8_t got_s8[H * H * COUT], got_s32[H * H * COUT], got_add[65536];
         op.kind = OP_CONV_S8;
-        int rc = isa->conv(&op, x8, got_s8);
+        /* the scratch the interpreter would give this op on this instruction set */
+        static _Alignas(64) char scratch[1 << 16];
+        if (conv_scratch_bytes(&op, level) > (int64_t)sizeof scratch) bad = printf("scratch too small\n");
+        int rc = isa->conv(&op, x8, got_s8, scratch);
         /* the first layer as a one-op program through the interpreter */
         op.kind = OP_CONV_S32;
         int64_t slot_bytes[2] = {0, H * H * COUT};

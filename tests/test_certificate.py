@@ -192,6 +192,22 @@ def test_radius_table_is_the_host_radius_rounded_down():
     assert table[n] == math.floor(sigma * norm.ppf(alpha ** (1 / n)) * 2 ** bits)
 
 
+def test_radius_table_entries_are_the_api_certificates_rounded_down_and_abstain_where_certify_does():
+    """What a device's answer must equal: entry nA is floor(2^b * the API's radius), from certified_radius and
+    clopper_pearson_lower (the float64 fast path is only a guide), and CERTIFY abstains exactly below
+    certifying_from."""
+    from intrs.certificate import certifying_from
+    from intrs.confidence import clopper_pearson_lower
+
+    n, alpha, sigma, bits = 300, 0.01, 0.5, 16
+    table, first = radius_table(n, alpha, sigma, bits), certifying_from(n, alpha)
+    assert clopper_pearson_lower(first, n, alpha) > 0.5 >= clopper_pearson_lower(first - 1, n, alpha)
+    assert not table[:first].any()
+    for count in sorted(set(range(first, n + 1, 3)) | {first, first + 1, n}):
+        api = certified_radius(sigma, clopper_pearson_lower(count, n, alpha))
+        assert table[count] == math.floor(api * 2 ** bits), count
+
+
 # ---------------------------------------------------------------- the radius is a lower bound, never above exact
 
 

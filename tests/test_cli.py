@@ -224,3 +224,138 @@ def test_quantize_command_writes_an_integer_model(capsys, tmp_path, digits_check
     assert_one_line_error(code, err, "already exists")
     code, _, err = run_cli(capsys, "quantize", "--checkpoint", digits_checkpoint, "--out", tmp_path / "x.npz")
     assert_one_line_error(code, err, "--qat", "--ptq")
+
+
+def _cut_to(path, rows):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1 + rows]))
+
+
+def test_resume_compares_the_models_content_not_its_path(capsys, tmp_path, monkeypatch, digits_checkpoint):
+    """Issue 15: a resume after the checkpoint was replaced at the same path mixed two models' rows (exit 0), and
+    the same file spelled relative instead of absolute was refused."""
+    import shutil
+
+    import torch
+
+    from intrs.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tmp_path / "m" / "checkpoint.pt"
+    model.parent.mkdir()
+    shutil.copy(digits_checkpoint, model)
+    out = tmp_path / "out.tsv"
+    assert run_cli(capsys, *certify_args(model, out))[0] == 0
+    whole = read_results(out)
+    _cut_to(out, 2)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *certify_args("m/checkpoint.pt", out, "--resume"))  # relative, same content
+    assert code == 0, err
+    assert [r["predict"] for r in read_results(out)] == [r["predict"] for r in whole]
+    other = load_checkpoint(model)
+    with torch.no_grad():
+        for parameter in other.model.parameters():
+            parameter.mul_(-1)
+    save_checkpoint(model, other)
+    _cut_to(out, 2)
+    code, _, err = run_cli(capsys, *certify_args(model, out, "--resume"))
+    assert_one_line_error(code, err, f"was made with the model {model} (sha256 ", f"but {model} has other "
+                          "content (sha256 ")
+    assert len(read_results(out)) == 2
+
+
+def test_help_and_bad_flags_import_neither_torch_nor_scipy():
+    """Issue 15: 'intrs --help' took about 3 s importing torch and scipy eagerly."""
+    import subprocess
+
+    probe = ("import sys\nfrom intrs.cli import main\n"
+             "codes = [main(['--help']), main(['certify', '--help']), main(['train', '--bogus'])]\n"
+             "heavy = sorted(m for m in ('torch', 'scipy', 'mpmath', 'numpy') if m in sys.modules)\n"
+             "print(codes, heavy)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 2] []", result.stdout + result.stderr
+
+
+def test_the_tables_behind_the_flags_match_the_library():
+    """The CLI's torch-free names (intrs.choices) are those the library implements."""
+    from intrs import choices
+    from intrs.data import DATASETS
+    from intrs.deploy import FORMATS
+    from intrs.experiments import PRESETS
+
+    assert choices.DATASET_NAMES == tuple(DATASETS) and choices.PRESET_NAMES == tuple(PRESETS)
+    assert choices.EXPORT_FORMATS == tuple(FORMATS)
+
+
+def test_help_lists_n0_with_n_and_explains_every_schedule(capsys):
+    code, out, _ = run_cli(capsys, "certify", "--help")
+    options = [line.split()[0].rstrip(",") for line in out.splitlines() if line.strip().startswith("--")]
+    assert code == 0 and options[options.index("--n") + 1] == "--n0"
+    code, out, _ = run_cli(capsys, "train", "--help")
+    text = " ".join(out.split())
+    for name in ("paper: 90 epochs", "short: 3 epochs on the first 30,000 images", "ci: 2 epochs on the first 1,024"):
+        assert name in text, text
+    code, out, _ = run_cli(capsys, "certify", "--help")
+    assert "about 10 s" in " ".join(out.split())
+
+
+class _Terminal:
+    """stderr as a terminal (tqdm draws bars only there) that keeps what is written."""
+
+    def __init__(self, tty):
+        self.text, self.tty = [], tty
+
+    def write(self, text):
+        self.text.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bars_on_a_terminal_only_and_they_stay(monkeypatch, tty):
+    """Issue 15: bars went into log files, and a finished bar vanished with its elapsed time."""
+    from intrs import cli
+
+    terminal = _Terminal(tty)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert list(cli._progress(range(3), desc="work", total=3)) == [0, 1, 2]
+    text = "".join(terminal.text)
+    if tty:
+        assert "work: 100%" in text.split("\r")[-1] and "3/3 [00:00<00:00" in text.split("\r")[-1], repr(text)
+    else:
+        assert text == ""
+
+
+def test_train_log_is_numeric_with_newline_endings(capsys, tmp_path):
+    """Issue 15: train_log.tsv had "\\r\\n" line endings and lr 0.010000000000000002."""
+    code, _, _ = run_cli(capsys, "train", "--dataset", "digits", "--arch", "resnet8", "--width", 4, "--sigma", 0.12,
+                         "--schedule", "ci", "--epochs", 2, "--lr", 0.1, "--train-subset", 64, "--out", tmp_path)
+    data = (tmp_path / "train_log.tsv").read_bytes()
+    assert code == 0 and b"\r" not in data
+    header, *rows = data.decode().splitlines()
+    lr = header.split("\t").index("lr")
+    assert [row.split("\t")[lr] for row in rows] == ["0.1", "0.01"]
+
+
+def test_demo_runs_the_three_systems_the_speeds_sequential_and_the_device_files(capsys, tmp_path):
+    """README line 1's job, small: every step prints, the three systems' table and both rates are there."""
+    from intrs.data import FASHION_MNIST_DEFAULT_DIR
+
+    if not (FASHION_MNIST_DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (scripts/setup.sh installs Debian's dataset-fashion-mnist)")
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--schedule", "ci", "--images", 3, "--n", 60,
+                             "--n0", 10, "--qat-images", 128)
+    assert code == 0, err
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in out
+    for system in ("floatrs-fp", "intrs-quant", "floatrs-quant"):
+        assert (tmp_path / "demo" / f"certify-{system}-sigma0.25.tsv").is_file() and f"| {system} |" in out
+    assert "samples/s (integer kernels" in out and "estimation samples for 3 images instead of 180" in out
+    assert (tmp_path / "demo" / "fashion-mnist-resnet20-sigma0.25" / "c" / "model.c").is_file()
+    # a re-run resumes: nothing is trained or certified again, and it says the rates were not measured
+    code, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--schedule", "ci", "--images", 3, "--n", 60,
+                           "--n0", 10, "--qat-images", 128)
+    assert code == 0 and "reused from an earlier run" in out

@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("onnxruntime")
 
-from intrs.certificate import radius_table  # noqa: E402
+from intrs.certificate import certifying_from, radius_table  # noqa: E402
+from intrs.confidence import clopper_pearson_lower  # noqa: E402
 from intrs.intmodel import load_integer_model  # noqa: E402
 
 from test_cli import assert_one_line_error, run_cli  # noqa: E402
@@ -54,7 +55,8 @@ def test_verify_export_rejects_corrupt_and_mismatched_files(capsys, tmp_path, di
     code, _, err = run_cli(capsys, "verify-export", tmp_path / "qat.tflite", digits_int_models["qat"], "--inputs", 10)
     assert_one_line_error(code, err, "does not fit int8")
     code, stdout, err = run_cli(capsys, "verify-export", other, tmp_path / "qat.intrs.npz", "--inputs", 100)
-    assert code == 1 and "does not compute the certified integers" in err
+    assert code == 1 and "does not compute the certified integers" in stdout
+    assert stdout.strip().splitlines()[-1].startswith("FAIL")
     code, _, err = run_cli(capsys, "verify-export", tmp_path / "missing.onnx", digits_int_models["qat"])
     assert_one_line_error(code, err, "missing.onnx not found")
 
@@ -65,8 +67,14 @@ def test_radius_table_header_holds_the_table(capsys, tmp_path):
     text = out.read_text()
     body = text[text.index("{") + 1:text.index("}")]
     values = np.array([int(v) for v in re.findall(r"-?\d+", body)])
+    first = int(re.search(r"#define INTRS_CERTIFY_FROM (\d+)", text).group(1))
+    table = radius_table(1000, 0.001, 0.25, 16)
     assert code == 0 and "#define INTRS_N 1000" in text
-    assert np.array_equal(values, radius_table(1000, 0.001, 0.25, 16))
+    # only the certifying counts are stored; the table below them is all abstentions
+    assert first == certifying_from(1000, 0.001) and not table[:first].any()
+    assert np.array_equal(values, table[first:]) and len(values) < len(table) / 2
+    assert np.array_equal(np.load(tmp_path / "t.npy"), table)
+    assert clopper_pearson_lower(first, 1000, 0.001) > 0.5 >= clopper_pearson_lower(first - 1, 1000, 0.001)
 
 
 def test_a_missing_optional_package_is_one_line_naming_its_extra(capsys, tmp_path, digits_int_models, monkeypatch):

@@ -40,6 +40,12 @@ def test_every_experiment_writes_data_tables_and_figures(ci_run):
     assert table1[0].startswith("n,FloatRS-fp correct") and [r.split(",")[0] for r in table1[1:]] == ["100", "200"]
     linf = (ci_run / "pgd-linf" / "accuracy.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in linf[1:]] == ["0", "0.01", "0.03", "0.05"]
+    # issue 15: "\r\n" line endings, and a sigma column holding "sigma = 0.12"
+    for csv_file in ci_run.glob("*/*.csv"):
+        assert b"\r" not in csv_file.read_bytes(), csv_file
+    sigma_rows = (ci_run / "certify-sigma" / "certified_accuracy.csv").read_text().splitlines()
+    assert sigma_rows[0].startswith("system,sigma,") and sigma_rows[1].split(",")[1] == "0.12"
+    assert "IntRS-quant - FloatRS-fp, sigma = 0.12" in table
 
 
 def test_report_is_one_self_contained_page(ci_run):

@@ -1,5 +1,7 @@
 """Graph capture, folding, conversion, the integer model file, and the engine against its fake-quantized twin."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -387,7 +389,7 @@ def test_qat_keeps_its_fine_tuned_state_when_the_conversion_fails(capsys, tmp_pa
         code, err = run("--out", out)
     assert code == 2 and err.startswith("intrs: error: cannot convert layer 'add'")
     assert f"the fine-tuned state is saved in {state}" in err and f"--from-state {state}" in err
-    assert state.exists() and not out.exists() and not (tmp_path / "m.npz.qat-state.pt.tmp").exists()
+    assert state.exists() and not out.exists() and not list(tmp_path.glob("*.tmp")) + list(tmp_path.glob(".*.tmp"))
     code, err = run("--out", out)
     assert code == 2 and "holds the fine-tuning of an earlier run" in err
     code, err = run("--out", out, "--from-state", state)
@@ -399,3 +401,44 @@ def test_qat_keeps_its_fine_tuned_state_when_the_conversion_fails(capsys, tmp_pa
     z = torch.randint(-100, 356, (32, 1, 8, 8), dtype=torch.int32)
     assert torch.equal(engine.forward(kept, z), engine.forward(direct, z))
     assert kept.value_qparams == direct.value_qparams
+
+
+def test_calibrate_takes_pixels_or_unit_floats_and_refuses_other_ranges(digits_checkpoint):
+    """Issue 15: there was no calibrate(); the prepared model takes pixel steps, and calibrating it on images / 255
+    silently gave ranges 255 times too small. uint8 and [0, 1] floats now calibrate alike; other data is refused."""
+    from intrs.checkpoint import load_checkpoint
+    from intrs.data import load_dataset
+    from intrs.quant import prepare
+
+    checkpoint = load_checkpoint(digits_checkpoint)
+    pixels = load_dataset("digits", "train").images[:64]
+    from_uint8 = prepare(checkpoint.model, pixels.shape[1:]).calibrate(pixels)
+    from_floats = prepare(checkpoint.model, pixels.shape[1:]).calibrate(pixels.float() / 255)
+    assert from_uint8.ranges == from_floats.ranges and from_uint8.ranges
+    for wrong, fragment in [(pixels.float(), "float pixels must lie in [0, 1], got [0, 255]"),
+                            (pixels.float() / 255 - 0.5, "float pixels must lie in [0, 1]"),
+                            (pixels[0], "(N, C, H, W)"), (pixels.to(torch.int32), "dtype torch.int32")]:
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            prepare(checkpoint.model, pixels.shape[1:]).calibrate(wrong)
+    from_uint8.to_integer_model()
+    with pytest.raises(ConfigError, match="frozen"):
+        from_uint8.calibrate(pixels)
+
+
+def test_readme_quantize_your_own_model_runs_as_printed(digits_checkpoint):
+    """The README's "prepare, calibrate, .to_integer_model()" example, executed as it is printed."""
+    from pathlib import Path
+
+    from intrs.checkpoint import load_checkpoint
+    from intrs.data import load_dataset
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    example = next(block for block in blocks if ".calibrate(" in block)
+    train = load_dataset("digits", "train")
+    namespace = {"model": load_checkpoint(digits_checkpoint).model, "train_images": train.images,
+                 "image": load_dataset("digits", "test").images[0].float() / 255}
+    exec(compile(example, "README.md", "exec"), namespace)
+    cert = namespace["cert"]
+    assert cert.prediction in range(-1, 10) and cert.radius >= 0
+    assert namespace["int_model"].num_classes == 10

@@ -4,6 +4,10 @@ Every contender certifies the same image with the same number of samples, in
 one process, interleaved and repeated, so that the ratios are measured in one
 run on the same (shared, noisy) machine. Models are ResNet-20s with random
 weights, calibrated for quantization: speed does not depend on what was learned.
+
+With a ``device`` (a GPU) FloatRS-fp (PyTorch float32, its Gaussian noise drawn there) and IntRS
+(``intrs.torch_engine``, the table searched there, the random words the CPU's) are timed on it as well,
+beside the CPU contenders; each row's ratios are against the float contenders of its own device.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ class Measurement:
     input_shape: tuple[int, int, int]
     batch: int
     samples_per_second: float
-    ratio_to_float: float  # against PyTorch float32
-    ratio_to_fastest_float: float  # against the fastest float32 contender of the same shape and batch
+    ratio_to_float: float  # against PyTorch float32 on the same device
+    ratio_to_fastest_float: float  # against the fastest float32 contender of the same shape, batch and device
     peak_rss_mib: float  # the process's peak resident memory so far (cumulative across contenders)
     noise_share: float  # the fraction of the loop's time spent drawing noise
+    device: str = "cpu"  # where the contender's forward pass runs
 
 
 class OnnxClassifier:
@@ -112,6 +117,14 @@ INTRS_AVX2 = "IntRS (intrs compiled kernels, AVX2 only)"
 INTRS_REFERENCE = "IntRS (intrs reference engine)"
 
 
+def float_on(device: torch.device) -> str:
+    return f"FloatRS-fp (PyTorch float32, {device.type})"
+
+
+def intrs_on(device: torch.device) -> str:
+    return f"IntRS (intrs torch engine, {device.type})"
+
+
 def calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
     """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what speed and
     kernel-exactness checks need (neither depends on what was learned)."""
@@ -124,9 +137,16 @@ def calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
     return model, quantizer.to_integer_model()
 
 
-def _contenders(shape: tuple[int, int, int], seed: int) -> dict:
+def _contenders(shape: tuple[int, int, int], seed: int, device: torch.device | None = None) -> dict:
     model, integer = calibrated_resnet20(shape, seed)
-    contenders = {FLOAT_PYTORCH: (TorchClassifier(model), GaussianNoise(0.25))}
+    contenders = {}
+    if device is not None and device.type != "cpu":
+        from .torch_engine import TorchIntegerClassifier
+
+        # a copy: moving a module to a device moves it in place, and the CPU contenders below keep theirs
+        contenders[float_on(device)] = (TorchClassifier(copy.deepcopy(model), device), GaussianNoise(0.25, device))
+        contenders[intrs_on(device)] = (TorchIntegerClassifier(integer, device), DiscreteGaussianNoise(0.25, device))
+    contenders[FLOAT_PYTORCH] = (TorchClassifier(model), GaussianNoise(0.25))
     try:
         contenders[FLOAT_ONNX] = (OnnxFloatClassifier(model, shape), GaussianNoise(0.25))
     except Exception:  # onnx and onnxruntime are optional: the benchmark runs without them
@@ -160,16 +180,20 @@ def _time_noise(noise, pixels: torch.Tensor, samples: int, batch: int) -> float:
     generator = noise.generator(12345)
     start = time.perf_counter()
     for first in range(0, samples, batch):
-        noise.perturb(pixels, min(batch, samples - first), generator)
+        drawn = noise.perturb(pixels, min(batch, samples - first), generator)
+    if drawn.device.type == "cuda":
+        torch.cuda.synchronize(drawn.device)  # a GPU draws asynchronously: time the draws, not their launch
     return samples / (time.perf_counter() - start)
 
 
 def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 1000), samples: int = 2000,
-                        repeats: int = 3, seed: int = 0, progress=None) -> list[Measurement]:
-    """samples/s of each contender's certification loop; the best of ``repeats`` interleaved rounds."""
+                        repeats: int = 3, seed: int = 0, progress=None,
+                        device: torch.device | None = None) -> list[Measurement]:
+    """samples/s of each contender's certification loop; the best of ``repeats`` interleaved rounds
+    (``device``: also FloatRS-fp and IntRS there)."""
     results = []
     for shape in shapes:
-        contenders = _contenders(shape, seed)
+        contenders = _contenders(shape, seed, device)
         pixels = torch.randint(0, 256, shape, dtype=torch.uint8)
         for batch in batches:
             best = {name: 0.0 for name in contenders}
@@ -180,11 +204,13 @@ def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 10
                     best[name] = max(best[name], _time_loop(base, noise, pixels, samples, batch))
                     noise_rate[name] = max(noise_rate[name], _time_noise(noise, pixels, samples, batch))
                     peak[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            reference = best[FLOAT_PYTORCH]
-            fastest = max(rate for name, rate in best.items() if name in FLOATS)
             for name, rate in best.items():
+                on = device.type if device is not None and name in (float_on(device), intrs_on(device)) else "cpu"
+                floats = (float_on(device),) if on != "cpu" else FLOATS
+                reference = best[floats[0]]
+                fastest = max(rate for other, rate in best.items() if other in floats)
                 results.append(Measurement(name, shape, batch, rate, rate / reference, rate / fastest, peak[name],
-                                           rate / noise_rate[name]))
+                                           rate / noise_rate[name], on))
                 if progress:
                     progress(results[-1])
     return results
@@ -209,10 +235,10 @@ def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
 
 
 def format_table(results: list[Measurement], noise: dict) -> str:
-    lines = ["| contender | input | batch | samples/s | vs PyTorch fp32 | vs fastest fp32 | noise share | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| contender | device | input | batch | samples/s | vs PyTorch fp32 | vs fastest fp32 | noise share | "
+             "peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.contender} | {'x'.join(map(str, r.input_shape))} | {r.batch} | "
+        lines.append(f"| {r.contender} | {r.device} | {'x'.join(map(str, r.input_shape))} | {r.batch} | "
                      f"{r.samples_per_second:,.0f} | {r.ratio_to_float:.2f} | {r.ratio_to_fastest_float:.2f} | "
                      f"{r.noise_share:.0%} | {r.peak_rss_mib:,.0f} |")
     lines += ["", "| noise sampler | draws/s |", "|---|---|"]
@@ -220,12 +246,15 @@ def format_table(results: list[Measurement], noise: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict:
-    """What the numbers were measured on: threads, the integer kernels' instruction set, the CPU."""
+def machine(device: torch.device | None = None) -> dict:
+    """What the numbers were measured on: threads, the integer kernels' instruction set, the CPU (and the GPU)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-    return {"threads": torch.get_num_threads(), "intrs_kernels": kernels.instruction_set(), "cpu": cpu,
-            "torch": torch.__version__}
+    where = {"threads": torch.get_num_threads(), "intrs_kernels": kernels.instruction_set(), "cpu": cpu,
+             "torch": torch.__version__}
+    if device is not None and device.type == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(device)
+    return where
 
 
 def write_json(path: str | Path, results: list[Measurement], noise: dict, settings: dict) -> None:

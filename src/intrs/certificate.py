@@ -28,7 +28,10 @@ import mpmath
 import numpy as np
 from scipy.stats import beta, norm
 
+from .confidence import clopper_pearson_lower
 from .errors import ConfigError
+
+MAX_TABLE_COUNT = 10 ** 7  # 40 MB of int32 entries: beyond any device's use and any run's n
 
 CERTIFICATE_STATUS = {
     "gaussian": "Cohen et al. 2019, Theorem 1: proven.",
@@ -73,21 +76,47 @@ def certified_radius(sigma: float, p_lower: float) -> float:
 # ---------------------------------------------------------------- an integer-only certificate for devices
 
 
+def certifying_from(n: int, alpha: float) -> int:
+    """The least vote count nA whose Clopper-Pearson bound (``clopper_pearson_lower``, the API's) exceeds 1/2:
+    CERTIFY returns a class exactly when nA >= it (n + 1: never). The bound grows with nA."""
+    counts = np.arange(1, n + 1)
+    fast = np.flatnonzero(beta.ppf(alpha, counts, n - counts + 1) > 0.5)
+    k = int(counts[fast[0]]) if len(fast) else n + 1
+    while k <= n and not clopper_pearson_lower(k, n, alpha) > 0.5:  # beta.ppf is within ulps: a step or two
+        k += 1
+    while k > 1 and clopper_pearson_lower(k - 1, n, alpha) > 0.5:
+        k -= 1
+    return k
+
+
 def radius_table(n: int, alpha: float, sigma: float, fraction_bits: int = 16) -> np.ndarray:
-    """R[nA] for nA = 0..n in fixed point (radius * 2^fraction_bits), rounded down; 0 means abstain.
+    """R[nA] for nA = 0..n in fixed point (radius * 2^fraction_bits), rounded down; 0 below ``certifying_from``.
 
     For fixed (n, alpha, sigma) the certificate depends only on the vote count nA,
     so a device that only counts votes looks its radius up here: no float at all
-    (SPEC section 5). Entry nA equals floor(2^fraction_bits * certified_radius(
-    sigma, ClopperPearsonLower(nA, n, alpha))).
+    (SPEC section 5). Entry nA is exactly floor(2^fraction_bits * r), r the API's
+    certificate ``certified_radius(sigma, clopper_pearson_lower(nA, n, alpha))``:
+    float64 (beta.ppf, norm.ppf) gives every entry within 1e-6 of a step of the
+    grid, and the entries that close to a step are computed the API's way. (An
+    entry may be 0 where CERTIFY certifies a radius below 2^-fraction_bits: a
+    device tells abstention by ``certifying_from``.)
     """
     if n < 1 or not 0 < alpha < 1 or not sigma > 0 or not 0 <= fraction_bits <= 32:
         raise ConfigError(f"radius table needs n >= 1, 0 < alpha < 1, sigma > 0, 0..32 fraction bits; "
                           f"got n={n}, alpha={alpha}, sigma={sigma}, bits={fraction_bits}")
+    if n > MAX_TABLE_COUNT:
+        raise ConfigError(f"a radius table has at most {MAX_TABLE_COUNT:,} samples (n), got {n:,}")
     counts = np.arange(n + 1)
     lower = np.where(counts > 0, beta.ppf(alpha, np.maximum(counts, 1), n - counts + 1), 0.0)
-    radius = np.where(lower > 0.5, sigma * norm.ppf(np.clip(lower, 0.5, 1.0)), 0.0)
-    table = np.floor(radius * 2.0 ** fraction_bits).astype(np.int64)
+    scaled = np.where(lower > 0.5, sigma * norm.ppf(np.clip(lower, 0.5, 1.0)), 0.0) * 2.0 ** fraction_bits
+    table = np.floor(scaled).astype(np.int64)
+    first = certifying_from(n, alpha)
+    table[:first] = 0
+    # the API's radius lies within ~1e-12 relative of the float64 one (a few ulps of p, then PhiInv): only entries
+    # this close to a grid step can floor differently
+    near = np.flatnonzero((np.minimum(scaled - table, table + 1 - scaled) < 1e-6) & (counts >= first))
+    for k in near:
+        table[k] = math.floor(certified_radius(sigma, clopper_pearson_lower(int(k), n, alpha)) * 2.0 ** fraction_bits)
     return table
 
 

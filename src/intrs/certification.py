@@ -15,12 +15,16 @@ from typing import Iterator
 
 from .data import ImageSet
 from .confidence import batch_schedule, check_radii
+from .rng import check_seed
 from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, SEQUENTIAL_PREDICT_COLUMNS,
                       ResultWriter, format_radius, format_upper)
 from .errors import ConfigError
 from .smoothing import check_alpha, check_sample_sizes
 from .systems import System
 from .progress import Progress, no_progress
+
+
+MAX_SAMPLES = 10 ** 9  # per image: a bound on what a run may ask (beyond it a typo, not a plan)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,11 @@ class CertifySettings:
 
     def check(self, mode: str = "certify") -> "CertifySettings":
         check_sample_sizes(self.n, self.n0, self.batch_size)
+        if self.n > MAX_SAMPLES:
+            raise ConfigError(f"n = {self.n:,} samples an image is more than a run takes ({MAX_SAMPLES:,}: at about "
+                              "10,000 samples/s on 2 CPU cores that is already a day an image); Cohen's n is 100,000")
         check_alpha(self.alpha)
+        check_seed(self.seed)
         if self.skip < 1 or (self.max_images is not None and self.max_images < 0):
             raise ConfigError(f"--skip must be >= 1 and --max >= 0, got skip={self.skip}, max={self.max_images}")
         if not self.sequential and (self.radii is not None or self.tolerance is not None):
@@ -149,6 +157,11 @@ def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, ou
                ("predict", True): SEQUENTIAL_PREDICT_COLUMNS}[mode, settings.sequential]
     run_settings = {"mode": mode, "system": system.name, "noise": system.noise.name, "sigma": system.noise.sigma,
                     "dataset": data.info.name, "split": data.split, **settings.recorded(), **(provenance or {})}
+    float_device = getattr(system.noise, "device", None) if system.noise.name == "gaussian" else None
+    if float_device is not None and float_device.type != "cpu":
+        # a GPU's float rows are its own (docs/gpu.md): a run resumes on the device it began on. Integer
+        # rows are the same on every device, and CPU runs keep the settings they always had.
+        run_settings["device"] = float_device.type
     indices = select_indices(len(data), settings.skip, settings.max_images)
     with ResultWriter(out, columns, run_settings, force=force, resume=resume) as writer:
         todo = [i for i in indices if i not in writer.done]

@@ -8,7 +8,6 @@ a checkpoint that does not fit its data instead of certifying nonsense.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from .data import DatasetInfo
 from .errors import CheckpointError
+from .files import write_atomically
 from .models import ModelConfig, build_model, read_torch_file
 
 FORMAT = "intrs-checkpoint"
@@ -48,21 +48,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically: a crash mid-write never leaves a torn checkpoint behind."""
+    """Write ``ckpt`` atomically: a crash or a full disk never leaves a torn checkpoint behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT, "version": VERSION,
         "config": ckpt.config.to_dict(), "dataset": ckpt.dataset, "sigma": float(ckpt.sigma),
         "epoch": int(ckpt.epoch), "seed": int(ckpt.seed), "metrics": dict(ckpt.metrics),
         "state_dict": ckpt.model.state_dict(), "training": ckpt.training,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

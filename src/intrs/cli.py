@@ -2,7 +2,9 @@
 
 Every command is a thin layer over the Python API. A user mistake (an
 ``IntrsError`` or a bad flag) becomes one line on stderr and exit status 2, never
-a traceback.
+a traceback. The flags are built from torch-free tables (``intrs.choices``) and
+each command imports the library parts it calls, so help and a bad flag answer at
+once instead of after importing torch and scipy (seconds).
 """
 
 from __future__ import annotations
@@ -11,31 +13,35 @@ import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from . import __version__
-from .certification import CertifySettings, local_rows, run
-from .scaleout import RayExecutor
-from .checkpoint import load_checkpoint
-from .confidence import PredictThresholds, batch_schedule, radius_tables
-from .data import DATASETS, load_dataset
+from .choices import (DATASET_NAMES, EXPERIMENTS, EXPORT_FORMATS, INTRS_NOISES, PRESET_NAMES, SCHEDULES, SYSTEM_NAMES,
+                      schedule_help)
 from .errors import ConfigError, IntrsError, OutputExistsError, missing_dependency
-from .deploy import FORMATS, export_model, noisy_test_inputs, radius_table_header, verify_export
-from .intmodel import IntegerModel, load_integer_model, save_integer_model, with_input_saturation
-from .quant import QuantizeConfig, quantize
-from .experiments import EXPERIMENTS, PRESETS, Reproduction, preset
-from .report import analyze, write_accuracy_plot, write_html_report
-from .noise import check_sigma
-from .smoothing import check_alpha
-from .systems import INTRS_NOISES, SYSTEM_NAMES, check_integer_model_fits, make_system
-from .training import CHECKPOINT_NAME, SCHEDULES, TrainConfig, train
+from .files import check_output
 
 RADIUS_NOTE = ("Radii are L2 norms in [0,1] pixel units (pixel / 255), as in Cohen et al. and the paper; "
                "R = sigma * PhiInv(pA_lower), rounded down, never up.")
 
 
 def _progress(iterable, **kwargs):
-    return tqdm(iterable, dynamic_ncols=True, leave=False, file=sys.stderr, **kwargs)
+    """A bar on a terminal only (disable=None: none when stderr is a file or a pipe, so logs hold no bars);
+    a finished bar stays, with its elapsed time."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, leave=True, disable=None, file=sys.stderr, **kwargs)
+
+
+_DEVICE_OPTION = click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|auto",
+                              help="Where the model runs (auto: CUDA where present). docs/gpu.md says what runs "
+                                   "where; float rows differ between CPU and GPU, integer rows do not.")
+
+
+def _device(spec):
+    """--device as a torch device; one that is absent here is a ConfigError (one line, exit status 2)."""
+    from .devices import resolve_device
+
+    return resolve_device(spec)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -48,13 +54,13 @@ def cli() -> None:
 
 
 @cli.command("train")
-@click.option("--dataset", type=click.Choice(list(DATASETS)), default="fashion-mnist", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASET_NAMES), default="fashion-mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set.")
 @click.option("--arch", default="resnet20", show_default=True, help="resnet20 (any resnet<6k+2>) or resnet50.")
 @click.option("--width", type=int, default=16, show_default=True, help="First-stage channels of the CIFAR ResNet.")
 @click.option("--sigma", type=float, required=True, help="Training noise level in [0,1] pixel units.")
 @click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="short", show_default=True,
-              help="paper: 90 epochs, lr 0.1 / 10 every 30, batch 256 (64 on Caltech-101).")
+              help=schedule_help())
 @click.option("--epochs", type=int, help="Override the schedule's epochs.")
 @click.option("--batch-size", type=int, help="Override the schedule's batch size.")
 @click.option("--lr", type=float, help="Override the schedule's initial learning rate.")
@@ -64,12 +70,17 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder for checkpoint and log.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a checkpoint.")
+@_DEVICE_OPTION
 def train_command(dataset, data_dir, arch, width, sigma, schedule, epochs, batch_size, lr, train_subset,
-                  pretrained, seed, out, resume, force) -> None:
+                  pretrained, seed, out, resume, force, device) -> None:
     """Train a base classifier with Gaussian noise augmentation (checkpoint every epoch)."""
+    from .training import TrainConfig, train
+
+    device = _device(device)
     config = TrainConfig(dataset=dataset, sigma=sigma, arch=arch, width=width, schedule=schedule, epochs=epochs,
                          batch_size=batch_size, lr=lr, train_subset=train_subset, seed=seed)
-    ckpt = train(config, out, data_dir, resume=resume, force=force, pretrained=pretrained, progress=_progress)
+    ckpt = train(config, out, data_dir, resume=resume, force=force, pretrained=pretrained, progress=_progress,
+                 device=device)
     _print_training(ckpt)
 
 
@@ -113,8 +124,13 @@ def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, 
     the fine-tuned float state is saved beside --out after every epoch (OUT.qat-state.pt), removed once the
     integer model is written: a conversion that fails loses nothing.
     """
+    from .checkpoint import load_checkpoint
+    from .intmodel import save_integer_model
+    from .quant import QuantizeConfig, quantize
+
     if method is None:
         raise click.UsageError("choose --qat (IntRS) or --ptq (FloatRS-quant)")
+    check_output(out)  # before the work, not after it
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to overwrite it or choose another --out")
     state_path = out.with_name(out.name + ".qat-state.pt") if method == "qat" and from_state is None else None
@@ -122,7 +138,7 @@ def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, 
         raise OutputExistsError(f"{state_path} holds the fine-tuning of an earlier run: convert it with "
                                 f"--from-state {state_path}, or pass --force to fine-tune again")
     config = QuantizeConfig(method, epochs, lr, batch_size, train_subset, calibration_images, calibration_noise,
-                            seed, eval_images, saturate_input)
+                            seed, eval_images, saturate_input).check()
     model, metrics = quantize(load_checkpoint(checkpoint), config, data_dir, progress=_progress,
                               state_path=state_path, from_state=from_state)
     save_integer_model(model, out)
@@ -137,7 +153,12 @@ def quantize_command(checkpoint, method, out, data_dir, epochs, lr, batch_size, 
 # ---------------------------------------------------------------- certify / predict
 
 
-def _smoothing_options(command):
+def _smoothing_options(*after_n):
+    """The flags certify and predict share; ``after_n``: a command's own flags, listed in the help after --n."""
+    return lambda command: _with_smoothing_options(command, after_n)
+
+
+def _with_smoothing_options(command, after_n):
     options = [
         click.option("--system", "systems", multiple=True, default=("floatrs-fp",), show_default=True,
                      help=f"System(s) to run on the same images: {', '.join(SYSTEM_NAMES)}; repeat the flag or "
@@ -151,10 +172,11 @@ def _smoothing_options(command):
                      help="IntRS-quant's noise: the paper's discrete Gaussian, or the rounded Gaussian whose "
                           "certificate has a complete proof."),
         click.option("--sigma", type=float, help="Noise level in [0,1] pixel units [default: the training sigma]."),
-        click.option("--dataset", type=click.Choice(list(DATASETS)), help="[default: the model's data set]"),
+        click.option("--dataset", type=click.Choice(DATASET_NAMES), help="[default: the model's data set]"),
         click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the data set."),
         click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True),
         click.option("--n", "n", type=int, help="Monte-Carlo samples of a fixed-n run [default: 100000]."),
+        *after_n,
         click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability."),
         click.option("--batch", type=int, help="Noisy samples per forward pass [default: 1000; 100 in sequential runs, "
                                                "which look at their votes after every batch]."),
@@ -168,8 +190,12 @@ def _smoothing_options(command):
         click.option("--resume", is_flag=True, help="Finish an interrupted --out (same settings)."),
         click.option("--force", is_flag=True, help="Overwrite an existing --out."),
         click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-                     help="Shard images on Ray: a local instance, or the cluster at ADDRESS (docs/ray.md)."),
-        click.option("--workers", type=int, help="Ray workers [default: one per CPU]."),
+                     help="Shard images on Ray: a local instance, or the cluster at ADDRESS (docs/ray.md). Ray's "
+                          "start-up costs about 10 s; on one machine a local run is as fast (torch uses every "
+                          "core), so Ray is worth it across machines, or to survive a killed worker."),
+        click.option("--workers", type=int, help="Ray workers, with --ray [default: one per CPU of the cluster]; "
+                                                 "more machines, not more workers on one, is what speeds a run up."),
+        _DEVICE_OPTION,
     ]
     for option in reversed(options):
         command = option(command)
@@ -188,6 +214,9 @@ def _chosen_systems(systems: tuple[str, ...]) -> list[str]:
 
 def _load_sources(names, checkpoint, int_model, ptq_model) -> dict:
     """Each system's model, loaded once: a float checkpoint or an integer model file."""
+    from .checkpoint import load_checkpoint
+    from .intmodel import load_integer_model
+
     needs = {"floatrs-fp": ("--checkpoint", checkpoint, load_checkpoint),
              "intrs-quant": ("--int-model", int_model, load_integer_model),
              "floatrs-quant": ("--ptq-model", ptq_model, load_integer_model)}
@@ -202,19 +231,40 @@ def _load_sources(names, checkpoint, int_model, ptq_model) -> dict:
 
 def _model_facts(source) -> tuple[str, float]:
     """(data set, training sigma) of a float checkpoint or an integer model."""
+    from .intmodel import IntegerModel
+
     if isinstance(source, IntegerModel):
         return source.meta.get("dataset"), source.meta.get("sigma")
     return source.dataset, source.sigma
 
 
 def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, settings,
-                   out, resume, force, ray_address=None, workers=None) -> None:
+                   out, resume, force, ray_address=None, workers=None, device=None) -> None:
+    from .certification import local_rows, run
+    from .data import load_dataset
+    from .files import file_sha256
+    from .intmodel import IntegerModel
+    from .report import analyze
+    from .results import check_result_output
+    from .systems import check_integer_model_fits, make_system
+
+    device = _device(device)
     names = _chosen_systems(systems)
+    settings.check(mode)
     executor = local_rows
-    if ray_address is not None or workers is not None:
-        executor = RayExecutor(None if ray_address in (None, "local") else ray_address, workers)
+    if workers is not None and ray_address is None:
+        raise ConfigError("--workers counts Ray workers: pass --ray with it (a local run uses every core already)")
+    if ray_address is not None:
+        from .scaleout import RayExecutor
+
+        if device.type != "cpu":
+            raise ConfigError("--ray shards images over CPU workers: run --device cuda without --ray")
+        executor = RayExecutor(None if ray_address == "local" else ray_address, workers)
     if len(names) > 1 and "{system}" not in out:
         raise ConfigError("several systems write one TSV each: put {system} in --out, e.g. --out runs/{system}.tsv")
+    targets = {name: Path(out.replace("{system}", name)) for name in names}
+    for target in targets.values():  # every system's output before the first one's run, not after it
+        check_result_output(target, force=force, resume=resume)
     sources = _load_sources(names, checkpoint, int_model, ptq_model)
     facts = {name: _model_facts(source) for name, (source, _) in sources.items()}
     dataset = dataset or next(d for d, _ in facts.values())
@@ -230,9 +280,10 @@ def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma
         if sigma is None and train_sigma is None:
             raise ConfigError(f"{path} records no training sigma: pass --sigma")
         chosen = make_system(name, source, train_sigma if sigma is None else sigma,
-                             noise if name == "intrs-quant" else None)
-        provenance = {"model": str(path), "train_sigma": train_sigma}
-        target = Path(out.replace("{system}", name))
+                             noise if name == "intrs-quant" else None, device=device)
+        # The model's content, not its path, decides whether a resume may continue the file.
+        provenance = {"model": str(path), "model_sha256": file_sha256(path), "train_sigma": train_sigma}
+        target = targets[name]
         paths.append(run(mode, chosen, data, settings, target, provenance=provenance, force=force, resume=resume,
                          progress=_progress, executor=executor))
         click.echo(f"wrote {target}")
@@ -246,6 +297,8 @@ COHEN_N, FIXED_BATCH, SEQUENTIAL_BATCH, DEFAULT_TOLERANCE = 100_000, 1000, 100, 
 def _settings(n0, n, alpha, batch, seed, skip, max_images, sequential, max_n, radii=None,
               tolerance=None) -> CertifySettings:
     """A fixed-n run's settings (--n), or a sequential run's (--max-n, the budget, in n)."""
+    from .certification import CertifySettings
+
     if not sequential:
         return CertifySettings(n0, COHEN_N if n is None else n, alpha, batch or FIXED_BATCH, seed, skip, max_images)
     if n is not None:
@@ -265,14 +318,14 @@ def _parse_radii(text: str | None) -> tuple[float, ...] | None:
 
 
 @cli.command("certify")
-@_smoothing_options
-@click.option("--n0", type=int, default=100, show_default=True, help="Samples that select the top class.")
+@_smoothing_options(click.option("--n0", type=int, default=100, show_default=True,
+                                 help="CERTIFY's selection samples (the top class), drawn before the --n."))
 @click.option("--radii", help="Sequential CERTIFY: decide each of these radii (comma-separated) and stop.")
 @click.option("--tolerance", type=float, help="Sequential CERTIFY without --radii: stop once the radius is known "
                                               f"within this much [default: {DEFAULT_TOLERANCE}].")
 def certify_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
-                    batch, max_n, skip, max_images, seed, out, resume, force, ray_address, workers, n0, radii,
-                    tolerance) -> None:
+                    batch, max_n, skip, max_images, seed, out, resume, force, ray_address, workers, device, n0,
+                    radii, tolerance) -> None:
     """Certify test images (Cohen's CERTIFY): one TSV row per image with its certified L2 radius.
 
     \b
@@ -300,14 +353,14 @@ def certify_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
         tolerance = DEFAULT_TOLERANCE
     settings = _settings(n0, n, alpha, batch, seed, skip, max_images, sequential, max_n, radii, tolerance)
     _run_smoothing("certify", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
-                   settings, out, resume, force, ray_address, workers)
+                   settings, out, resume, force, ray_address, workers, device)
 
 
 @cli.command("predict")
-@_smoothing_options
+@_smoothing_options()
 @click.option("--sequential", is_flag=True, help="Stop as soon as an anytime-valid test decides (budget --max-n).")
 def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, n, alpha,
-                    batch, max_n, skip, max_images, seed, out, resume, force, ray_address, workers,
+                    batch, max_n, skip, max_images, seed, out, resume, force, ray_address, workers, device,
                     sequential) -> None:
     """Predict with the smoothed classifier (Cohen's PREDICT): abstain unless the top class wins a binomial test.
 
@@ -316,7 +369,7 @@ def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
     """
     settings = _settings(1, n, alpha, batch, seed, skip, max_images, sequential or max_n is not None, max_n)
     _run_smoothing("predict", systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split,
-                   settings, out, resume, force, ray_address, workers)
+                   settings, out, resume, force, ray_address, workers, device)
 
 
 # ---------------------------------------------------------------- deploy
@@ -324,24 +377,68 @@ def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
 
 @cli.command("export")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The .tflite or .onnx file.")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="tflite or onnx: one model file; c: a C source tree that certifies on the device (docs/deploy.md).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The .tflite or .onnx file, or the folder of the C tree.")
 @click.option("--saturate", is_flag=True, help="Export the variant that saturates the noisy input to [0, 255] "
               "(what an int8 TFLite input holds); it is written beside --out as .intrs.npz: certify that file.")
 @click.option("--table-n", type=int, default=100_000, show_default=True,
-              help="Samples per certificate on the device, for the radius table written beside --out (0: none).")
+              help="tflite/onnx: samples per certificate on the device, for the radius table written beside --out "
+                   "(0: none).")
 @click.option("--table-alpha", type=float, default=0.001, show_default=True)
+@click.option("--system", type=click.Choice(("intrs-quant", "floatrs-quant")), default="intrs-quant",
+              show_default=True, help="c: the system the device runs (its noise law).")
+@click.option("--noise", type=click.Choice(INTRS_NOISES), help="c: IntRS-quant's noise [default: discrete-gaussian].")
+@click.option("--sigma", type=float, help="c: noise level [default: the model's training sigma].")
+@click.option("--n0", type=int, help="c: CERTIFY's selection samples [default: 100].")
+@click.option("--n", type=int, help="c: CERTIFY's estimation samples, fixed n [default: 100,000].")
+@click.option("--alpha", type=float, help="c: failure probability of CERTIFY and PREDICT [default: 0.001].")
+@click.option("--max-n", type=int, help="c: sequential CERTIFY's budget [default: 100,000].")
+@click.option("--radii", help="c: the radii sequential CERTIFY decides [default: 0.25,0.5,0.75,1.0].")
+@click.option("--predict-n", type=int, help="c: PREDICT's samples, fixed n [default: 10,000].")
+@click.option("--predict-max-n", type=int, help="c: sequential PREDICT's budget [default: 10,000; its tables take "
+              "about 1.4 s per 1,000 to make].")
+@click.option("--batch", type=int, help="c: noisy copies per batch, as intrs certify --batch [default: 1000].")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def export_command(model_path, fmt, out, saturate, table_n, table_alpha, force) -> None:
-    """Export an integer model to TFLite (int8 builtin ops, reference-kernel semantics) or ONNX (QDQ),
-    with the certificate table R[nA] beside it as a C header (FILE.radius.h)."""
+def export_command(model_path, fmt, out, saturate, table_n, table_alpha, system, noise, sigma, n0, n, alpha, max_n,
+                   radii, predict_n, predict_max_n, batch, force) -> None:
+    """Export an integer model to TFLite (int8 builtin ops, reference-kernel semantics) or ONNX (QDQ), with
+    the certificate table R[nA] beside it as a C header (FILE.radius.h); or, with --format c, as a C source
+    tree that runs PREDICT and CERTIFY on the device itself, integer-only (check it with verify-export)."""
+    from .intmodel import load_integer_model, save_integer_model, with_input_saturation
+
     model = load_integer_model(model_path)
+    if fmt == "c":
+        from .c_export import export_c, settings_for
+
+        settings = settings_for(model, system, noise, sigma, n0=n0, n=n, alpha=alpha, max_n=max_n,
+                                radii=_parse_radii(radii), predict_n=predict_n, predict_max_n=predict_max_n,
+                                batch=batch)
+        if saturate and model.input_saturation is None:
+            model = with_input_saturation(model)
+        facts = export_c(model, settings, out, force=force)
+        sizes = facts["constant_bytes"]
+        click.echo(f"wrote {out}: {settings.system} ({settings.noise.name}, sigma={settings.noise.sigma:g}), n0={facts['n0']}, "
+                   f"n={facts['n']:,}, alpha={facts['alpha']:g}, sequential max_n={facts['max_n']:,} at radii "
+                   f"{', '.join(f'{r:g}' for r in facts['radii'])}, PREDICT n={facts['predict_n']:,} "
+                   f"(sequential {facts['predict_max_n']:,})")
+        click.echo(f"constants (flash): {sizes['other'] / 1024:,.0f} KiB on a microcontroller (portable kernels), "
+                   f"{sizes['arm64'] / 1024:,.0f} KiB on aarch64, {sizes['x86'] / 1024:,.0f} KiB on x86-64; "
+                   f"RAM: {facts['arena_bytes']['other'] / 1024:,.0f} KiB arena + "
+                   f"{facts['buffer_bytes'] / 1024:,.1f} KiB buffers on a microcontroller")
+        click.echo(f"build it with 'make -C {out}' (or 'make -C {out} cortex-m'), check it with "
+                   f"'intrs verify-export {out} {model_path}'")
+        return
+    from .deploy import export_model, radius_table_header
+
     written, certified = [out], model_path
     if saturate and model.input_saturation is None:
         model = with_input_saturation(model)
         written.append(out.with_suffix(".intrs.npz"))
         certified = written[1]
-    for path in written:
+    header_path = out.with_suffix(".radius.h") if table_n else None
+    for path in written + ([header_path] if header_path else []):
         if path.exists() and not force:
             raise OutputExistsError(f"{path} already exists: pass --force to overwrite it")
     content = export_model(model, fmt)
@@ -349,8 +446,8 @@ def export_command(model_path, fmt, out, saturate, table_n, table_alpha, force) 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(content)
     if header:
-        out.with_suffix(".radius.h").write_text(header)
-        click.echo(f"wrote {out.with_suffix('.radius.h')}: radius for every vote count, n={table_n}, "
+        header_path.write_text(header)
+        click.echo(f"wrote {header_path}: radius for every vote count, n={table_n}, "
                    f"alpha={table_alpha:g}, sigma={model.meta['sigma']:g}")
     if len(written) > 1:
         save_integer_model(model, written[1])
@@ -363,16 +460,37 @@ def export_command(model_path, fmt, out, saturate, table_n, table_alpha, force) 
 @click.argument("file", type=click.Path(path_type=Path))
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--inputs", "count", type=int, default=1000, show_default=True, help="Noisy test inputs to compare.")
+@click.option("--images", type=int, default=3, show_default=True,
+              help="A C tree: test images to certify and predict in every mode.")
 @click.option("--sigma", type=float, help="Noise level [default: the model's training sigma].")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the model's data set.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def verify_export_command(file, model_path, count, sigma, data_dir, seed) -> None:
+def verify_export_command(file, model_path, count, images, sigma, data_dir, seed) -> None:
     """Run an exported file in an independent runtime and compare its int8 logits with the integer engine.
 
     TFLite files run under LiteRT's reference kernels (BUILTIN_REF: must match exactly, exit status 1
     otherwise) and, for information, its optimized and XNNPACK paths, which round ties differently.
     ONNX files run under onnxruntime, which requantizes in float: its agreement is reported.
+    A C tree (intrs export --format c) is built with the host compiler and its example program certifies and
+    predicts test images in every mode: its rows (votes, predictions, radii) must equal the Python API's for
+    the same seed (exit status 1 otherwise). Ends with one line: PASS or FAIL.
     """
+    if Path(file).is_dir():
+        from .c_export import verify
+        from .intmodel import load_integer_model
+
+        if images < 1:
+            raise ConfigError(f"--images must be at least 1, got {images}")
+        report = verify(file, load_integer_model(model_path), images, seed, data_dir=data_dir)
+        click.echo(report.to_markdown(), nl=False)
+        if not report.identical:
+            click.echo(f"FAIL: {file} does not answer as the Python API does (the differences above)")
+            raise click.exceptions.Exit(1)
+        click.echo(f"PASS: {file} gives the Python API's votes, predictions and radii in every mode")
+        return
+    from .deploy import noisy_test_inputs, verify_export
+    from .intmodel import load_integer_model
+
     if count < 1:
         raise ConfigError(f"--inputs must be at least 1, got {count}")
     model = load_integer_model(model_path)
@@ -380,8 +498,11 @@ def verify_export_command(file, model_path, count, sigma, data_dir, seed) -> Non
     report = verify_export(file, model, z, sigma if sigma is not None else model.meta.get("sigma"))
     click.echo(report.to_markdown(), nl=False)
     if report.format == "tflite" and not report.bit_exact:
-        click.echo(f"intrs: {file} does not compute the certified integers (reference-kernel mismatches)", err=True)
+        click.echo(f"FAIL: {file} does not compute the certified integers (reference-kernel mismatches)")
         raise click.exceptions.Exit(1)
+    click.echo(f"PASS: {file} computes the certified integers under {report.results[0].runtime}"
+               if report.bit_exact else f"PASS (for information): {file} agrees on "
+               f"{report.results[0].identical_predictions:.4%} of predictions under {report.results[0].runtime}")
 
 
 @cli.command("radius-table")
@@ -404,6 +525,11 @@ def radius_table_command(n, alpha, sigma, fraction_bits, radii, max_n, batch, pr
     With --radii (and --predict-max-n) the header also holds the sequential rules' integer decision tables
     (docs/sequential.md): per step, the vote counts at which each radius is certified or can no longer be.
     """
+    from .confidence import PredictThresholds, batch_schedule, radius_tables
+    from .deploy import radius_table_header
+    from .noise import check_sigma
+    from .smoothing import check_alpha
+
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists: pass --force to overwrite it")
     alpha, sigma = check_alpha(alpha), check_sigma(sigma)
@@ -418,7 +544,16 @@ def radius_table_command(n, alpha, sigma, fraction_bits, radii, max_n, batch, pr
     predict = None
     if predict_max_n is not None:
         predict = (PredictThresholds(alpha, classes), batch_schedule(predict_max_n, batch))
+    import numpy as np
+
+    from .certificate import radius_table
+
+    table_path = out.with_suffix(".npy")
+    if table_path.exists() and not force:
+        raise OutputExistsError(f"{table_path} already exists: pass --force to overwrite it")
     out.write_text(radius_table_header(n, alpha, sigma, fraction_bits, sequential, predict))
+    np.save(table_path, radius_table(n, alpha, sigma, fraction_bits).astype(np.int32))
+    click.echo(f"wrote {table_path}: R[nA] for nA = 0..{n} as int32 (0 below the first certifying count)")
     extra = (f"; sequential CERTIFY at r = {', '.join(f'{r:g}' for r in sequential.radii)} over "
              f"{len(sequential.bounds.steps)} steps" if sequential else "")
     extra += f"; sequential PREDICT up to {predict_max_n} samples" if predict else ""
@@ -441,6 +576,8 @@ def radius_table_command(n, alpha, sigma, fraction_bits, radii, max_n, batch, pr
 def analyze_command(files, max_radius, step, fmt, plot, force) -> None:
     """Certified accuracy at r = 0, 0.25, ... for result TSVs side by side, one row per file in the order given
     (also Cohen et al.'s own files). A PREDICT file's row gives its accuracy and abstain rate."""
+    from .report import analyze, write_accuracy_plot
+
     table = analyze(list(files), max_radius, step)
     if plot is not None:  # before printing: a failed plot leaves one error line, not a table and an error
         write_accuracy_plot(table, plot, force=force)
@@ -454,19 +591,25 @@ def analyze_command(files, max_radius, step, fmt, plot, force) -> None:
 
 @cli.command("reproduce")
 @click.argument("experiment", type=click.Choice(EXPERIMENTS + ("all",)))
-@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="ci", show_default=True,
+@click.option("--preset", "preset_name", type=click.Choice(PRESET_NAMES), default="ci", show_default=True,
               help="ci: tiny, minutes; fmnist: the paper's protocol on Fashion-MNIST, reduced for 2 cores (each "
                    "reduction is written in the output); paper-cifar10 / paper-caltech101: the paper's settings.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: runs/reproduce-PRESET].")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the preset's data set.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def reproduce_command(experiment, preset_name, out, data_dir, seed) -> None:
+@_DEVICE_OPTION
+def reproduce_command(experiment, preset_name, out, data_dir, seed, device) -> None:
     """Run one of the paper's experiments (or all): data as CSV/TSV, tables as markdown, figures as PNG.
 
     Re-running resumes: trained models, certified images and finished attack settings are reused.
     """
-    out = out or Path("runs") / f"reproduce-{preset_name}"
-    reproduction = Reproduction(preset(preset_name), out, data_dir, seed, progress=_progress, log=click.echo)
+    from .experiments import Reproduction, preset
+    from .report import write_html_report
+
+    device = _device(device)
+    out = check_output(out or Path("runs") / f"reproduce-{preset_name}", folder=True)
+    reproduction = Reproduction(preset(preset_name), out, data_dir, seed, progress=_progress, log=click.echo,
+                                device=device)
     for folder in reproduction.run(experiment):
         for table in sorted(folder.glob("*.md")):
             click.echo(f"\n{table}:\n{table.read_text()}")
@@ -477,6 +620,8 @@ def reproduce_command(experiment, preset_name, out, data_dir, seed) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report_command(run_dir) -> None:
     """Build RUN_DIR/report.html: every table and figure of a reproduction, with its settings."""
+    from .report import write_html_report
+
     click.echo(f"wrote {write_html_report(run_dir)}")
 
 
@@ -489,9 +634,13 @@ def report_command(run_dir) -> None:
 @click.option("--samples", type=int, default=2000, show_default=True, help="Samples per measurement.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Interleaved rounds (best is kept).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True)
-def bench_command(inputs, batches, samples, repeats, out) -> None:
-    """Time the certification loop (noise + forward + votes) of FloatRS-fp, IntRS and reference int8 runtimes."""
+@_DEVICE_OPTION
+def bench_command(inputs, batches, samples, repeats, out, device) -> None:
+    """Time the certification loop (noise + forward + votes) of FloatRS-fp, IntRS and reference int8 runtimes
+    (with --device cuda: FloatRS-fp and IntRS on the GPU as well)."""
     from .bench import bench_certification, bench_noise, format_table, machine, write_json
+
+    device = _device(device)
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))
@@ -501,14 +650,14 @@ def bench_command(inputs, batches, samples, repeats, out) -> None:
                           f"{inputs!r}") from None
     if min(sizes) < 1 or samples < 1 or repeats < 1 or any(len(s) != 3 or min(s) < 1 for s in shapes):
         raise ConfigError("--batches, --samples and --repeats must be positive, --inputs shapes CxHxW")
-    results = bench_certification(shapes=shapes, batches=sizes, samples=samples, repeats=repeats,
+    results = bench_certification(shapes=shapes, batches=sizes, samples=samples, repeats=repeats, device=device,
                                   progress=lambda r: click.echo(f"  {r.contender} {r.input_shape} batch {r.batch}: "
                                                                 f"{r.samples_per_second:,.0f} samples/s", err=True))
     noise = bench_noise()
     click.echo(format_table(results, noise), nl=False)
-    where = machine()
+    where = machine(device)
     click.echo(f"measured with {where['threads']} threads, integer kernels: {where['intrs_kernels']}, "
-               f"CPU: {where['cpu']}")
+               f"CPU: {where['cpu']}" + (f", GPU: {where['gpu']}" if "gpu" in where else ""))
     write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats, **where})
     click.echo(f"wrote {out}")
 
@@ -520,33 +669,30 @@ def bench_command(inputs, batches, samples, repeats, out) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Fashion-MNIST folder.")
 @click.option("--sigma", type=float, default=0.25, show_default=True)
-@click.option("--images", type=int, default=100, show_default=True, help="Test images to certify.")
+@click.option("--images", type=int, default=50, show_default=True, help="Test images to certify (every 20th).")
 @click.option("--n", "n", type=int, default=1000, show_default=True)
-@click.option("--n0", type=int, default=64, show_default=True)
+@click.option("--n0", type=int, default=100, show_default=True, help="Selection samples (Cohen's 100).")
 @click.option("--alpha", type=float, default=0.001, show_default=True)
-@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="short", show_default=True)
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="short", show_default=True,
+              help=schedule_help())
+@click.option("--qat-images", type=int, default=4096, show_default=True,
+              help="Training images of QAT's one epoch (all 60,000 take about 15 min on 2 cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_command(out, data_dir, sigma, images, n, n0, alpha, schedule, seed) -> None:
-    """Train a noise-augmented ResNet-20 on Fashion-MNIST and certify test images (FloatRS-fp).
+def demo_command(out, data_dir, sigma, images, n, n0, alpha, schedule, qat_images, seed) -> None:
+    """What intrs is for, in about 5 minutes on 2 cores: train a noise-augmented ResNet-20 on Fashion-MNIST,
+    quantize it into an integer-only model (QAT) and a PTQ one, certify the same test images with FloatRS-fp,
+    IntRS-quant and FloatRS-quant, time float against integer certification, certify sequentially, and
+    export the files a device runs (a .tflite checked against LiteRT's reference kernels, a C tree).
 
-    Re-running resumes: a finished model and finished images are reused.
+    Re-running resumes: finished models and finished images are reused.
     """
-    model_dir = out / f"fashion-mnist-resnet20-sigma{sigma:g}"
-    click.echo(f"[1/2] training ResNet-20 on Fashion-MNIST with noise sigma={sigma:g} ({schedule} schedule) "
-               f"into {model_dir}")
-    ckpt = train(TrainConfig("fashion-mnist", sigma, schedule=schedule, seed=seed), model_dir, data_dir,
-                 resume=(model_dir / CHECKPOINT_NAME).exists(), progress=_progress)
-    _print_training(ckpt)
-    tsv = out / f"certify-floatrs-fp-sigma{sigma:g}.tsv"
-    click.echo(f"[2/2] certifying {images} test images (every 10th) with n0={n0}, n={n}, alpha={alpha:g}")
-    data = load_dataset("fashion-mnist", "test", data_dir)
-    settings = CertifySettings(n0, n, alpha, 1000, seed, 10, images)
-    run("certify", make_system("floatrs-fp", ckpt, sigma), data, settings, tsv,
-        provenance={"checkpoint": str(ckpt.path), "train_sigma": ckpt.sigma, "checkpoint_epoch": ckpt.epoch},
-        resume=tsv.exists(), progress=_progress)
-    click.echo(f"\ncertified accuracy (FloatRS-fp, sigma={sigma:g}, {images} Fashion-MNIST test images):\n")
-    click.echo(analyze([tsv]).to_markdown())
-    click.echo(f"model: {ckpt.path}\nrows:  {tsv}  (Cohen's TSV columns; 'intrs analyze {tsv}' re-reads it)")
+    from .demo import DemoSettings, run_demo
+
+    if images < 1 or qat_images < 1:
+        raise ConfigError(f"--images and --qat-images must be at least 1, got {images} and {qat_images}")
+    check_output(out, folder=True)
+    run_demo(out, DemoSettings(sigma, images, 20, n0, n, alpha, schedule, qat_images, seed), data_dir,
+             progress=_progress, echo=click.echo)
     click.echo(RADIUS_NOTE)
 
 

@@ -124,6 +124,35 @@ def binomial_p_value(successes: int, trials: int) -> float:
     return float(binomtest(successes, trials, 0.5, alternative="two-sided").pvalue)
 
 
+def predict_thresholds(n: int, alpha: float) -> np.ndarray:
+    """Fixed-n PREDICT as a table: entry m (0..n) is the least nA with nA >= m - nA and
+    ``binomial_p_value(nA, m) <= alpha`` (m + 1: none), so that PREDICT returns its top class exactly when
+    nA >= T[nA + nB]. The two-sided p-value falls as nA moves up from m / 2, so one threshold per m decides.
+
+    Candidates come from float64 (for nA > m / 2 the test's p-value is 2 P[X >= nA], X ~ Bin(m, 1/2)); where
+    that value, at the candidate or one below, lies within 1e-6 (relative) of alpha, the candidate is confirmed
+    with the API's own test and moved until it agrees, so every entry is the API's decision.
+    """
+    if n < 0 or n > 10 ** 7:
+        raise ConfigError(f"a PREDICT table takes 0..10,000,000 samples, got {n:,}")
+    m = np.arange(n + 1)
+    candidate = np.where(m > 0, binom.isf(alpha / 2, np.maximum(m, 1), 0.5) + 1, 1).astype(np.int64)
+    candidate = np.clip(np.maximum(candidate, m // 2 + 1), 0, m + 1)
+    fast = lambda k: np.where(2 * k > m, np.minimum(1.0, 2 * binom.sf(k - 1, m, 0.5)), 1.0)
+    close = lambda p: np.abs(p - alpha) <= 1e-6 * alpha
+    doubtful = close(fast(candidate)) | close(fast(candidate - 1)) | (m < 64)
+    passes = lambda k, total: k <= total and binomial_p_value(int(k), int(total)) <= alpha
+    table = candidate.copy()
+    for total in np.flatnonzero(doubtful):
+        k = int(candidate[total])
+        while k <= total and not passes(k, total):
+            k += 1
+        while k - 1 >= (total + 1) // 2 and passes(k - 1, total):
+            k -= 1
+        table[total] = k
+    return table
+
+
 # ---------------------------------------------------------------- the mixture martingale and its sequence
 
 

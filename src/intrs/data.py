@@ -348,6 +348,19 @@ def to_pixels(image: torch.Tensor | np.ndarray, shape: tuple[int, int, int] | No
         raise DataError(f"an image must have shape (C, H, W), got {tuple(tensor.shape)}")
     if shape is not None and tuple(tensor.shape) != tuple(shape):
         raise DataError(f"image shape {tuple(tensor.shape)} does not match the model's input {tuple(shape)}")
+    return _pixel_values(tensor)
+
+
+def to_pixel_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A batch (N, C, H, W) as uint8 pixels, by the rule of :func:`to_pixels`."""
+    tensor = torch.as_tensor(images)
+    if tensor.dim() != 4:
+        raise DataError(f"a batch of images must have shape (N, C, H, W), got {tuple(tensor.shape)}")
+    return _pixel_values(tensor)
+
+
+def _pixel_values(tensor: torch.Tensor) -> torch.Tensor:
+    """uint8 as it is; floats in [0, 1] rounded to the 8-bit grid; anything else refused."""
     if tensor.dtype == torch.uint8:
         return tensor
     if not tensor.is_floating_point():

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from . import engine
-from .certificate import radius_table
+import numpy as np
+
+from .certificate import certifying_from, radius_table
 from .confidence import PredictThresholds, RadiusTables
 from .data import load_dataset
 from .errors import ConfigError, DataError
@@ -26,7 +28,8 @@ from .noise import DiscreteGaussianNoise, numpy_generator
 from .rng import STAGE_EVAL, stream_seed
 from .systems import check_integer_model_fits
 
-FORMATS = ("tflite", "onnx")
+FILE_FORMATS = ("tflite", "onnx")
+FORMATS = FILE_FORMATS + ("c",)  # c: a source tree that certifies on the device (intrs.c_export)
 
 
 def export_model(model: IntegerModel, fmt: str) -> bytes:
@@ -37,12 +40,14 @@ def export_model(model: IntegerModel, fmt: str) -> bytes:
     if fmt == "onnx":
         from .onnx_export import export_onnx
         return export_onnx(model)
-    raise ConfigError(f"unknown export format {fmt!r}: choose tflite or onnx")
+    if fmt == "c":
+        raise ConfigError("a C export is a source tree, not a file: intrs.c_export.export_c writes it")
+    raise ConfigError(f"unknown export format {fmt!r}: choose tflite, onnx or c")
 
 
 def format_of(path: Path) -> str:
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix not in FORMATS:
+    if suffix not in FILE_FORMATS:
         raise ConfigError(f"cannot tell the format of {path}: name it .tflite or .onnx")
     return suffix
 
@@ -147,15 +152,23 @@ def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int =
     table = radius_table(n, alpha, sigma, fraction_bits)
     if table.max() >= 2 ** 31:
         raise ConfigError("radii overflow int32 at this many fraction bits: use fewer")
+    first = certifying_from(n, alpha)
+    # only the counts that certify: below INTRS_CERTIFY_FROM every entry is an abstention (half the table at
+    # n = 100,000), which a microcontroller's flash should not hold
+    stored = table[first:] if first <= n else np.zeros(1, dtype=np.int64)
     blocks = [f"#define INTRS_N {n}\n#define INTRS_RADIUS_FRACTION_BITS {fraction_bits}\n"
-              f"static const int32_t intrs_radius_table[INTRS_N + 1] = {{\n    {_c_array(table)}\n}};\n"]
+              f"/* CERTIFY returns its class exactly when nA >= INTRS_CERTIFY_FROM (INTRS_N + 1: never), with radius\n"
+              f" * intrs_radius_table[nA - INTRS_CERTIFY_FROM] (an entry 0: a radius below 2^-fraction_bits) */\n"
+              f"#define INTRS_CERTIFY_FROM {first}\n"
+              f"static const int32_t intrs_radius_table[{len(stored)}] = {{\n    {_c_array(stored)}\n}};\n"]
     if sequential is not None:
         blocks.append(_sequential_block(sequential, fraction_bits))
     if predict is not None:
         blocks.append(_predict_block(*predict))
     return (f"/* intrs certificate table: certified L2 radius (in [0,1] pixel units, times 2^{fraction_bits}, "
             f"rounded down)\n * for every vote count nA = 0..n of the top class, with n = {n}, alpha = {alpha!r}, "
-            f"sigma = {sigma!r}.\n * R = sigma * PhiInv(ClopperPearsonLower(nA, n, alpha)); 0 means ABSTAIN.\n"
+            f"sigma = {sigma!r}.\n * R = sigma * PhiInv(ClopperPearsonLower(nA, n, alpha)), as the Python API's certificate; "
+            f"below INTRS_CERTIFY_FROM: ABSTAIN.\n"
             f" * Written by intrs; see docs/deploy.md. */\n"
             f"#ifndef INTRS_RADIUS_TABLE_H\n#define INTRS_RADIUS_TABLE_H\n#include <stdint.h>\n"
             + "\n".join(blocks) + "#endif\n")

@@ -8,6 +8,7 @@ file's syntax tree). The fixed-point helpers are gemmlowp's / TFLite's
 (tensorflow/lite/kernels/internal/common.h, SPEC section 6), one function each,
 named for the math they do. By default the requantization is TFLite's double
 rounding, what LiteRT's BUILTIN_REF resolver, TFLite Micro and CMSIS-NN compute.
+``intrs.torch_engine`` runs these same functions on any torch device (a GPU).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def _pool_windows(x: torch.Tensor, layer: PoolLayer, fill: int) -> tuple[torch.T
     else:
         (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
     padded = F.pad(x.to(torch.int32), (pw, pw, ph, ph), value=fill)
-    inside = F.pad(torch.ones(x.shape[2:], dtype=torch.int32), (pw, pw, ph, ph))
+    inside = F.pad(torch.ones(x.shape[2:], dtype=torch.int32, device=x.device), (pw, pw, ph, ph))
     windows = padded.unfold(2, kh, sh).unfold(3, kw, sw).flatten(4)
     counts = inside.unfold(0, kh, sh).unfold(1, kw, sw).sum(dim=(2, 3))
     return windows, counts
@@ -217,10 +218,11 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the model
 
 
-def check_input(model: IntegerModel, z) -> torch.Tensor:
-    """The noisy integer input (N, C, H, W): saturated when the model records it, otherwise checked against
-    the model's input range (no wrap-around)."""
-    z = torch.as_tensor(z).cpu()  # the engine runs on the CPU (and reads the batch through numpy)
+def check_input(model: IntegerModel, z, device: torch.device | None = None) -> torch.Tensor:
+    """The noisy integer input (N, C, H, W) on ``device`` (default: the CPU): saturated when the model records
+    it, otherwise checked against the model's input range (no wrap-around)."""
+    # this module's ops and the compiled kernels run on the CPU; intrs.torch_engine passes its device
+    z = torch.as_tensor(z).to("cpu" if device is None else device)
     if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
         raise ConfigError(f"the integer engine takes integer inputs (pixel steps), got dtype {z.dtype}")
     if z.dim() != 4 or tuple(z.shape[1:]) != tuple(model.input_shape):
@@ -230,7 +232,7 @@ def check_input(model: IntegerModel, z) -> torch.Tensor:
     low, high = model.input_range
     # numpy's reductions: torch's parallel ones leave its OpenMP threads spinning on the cores that the
     # compiled kernels' threads are about to use (6 ms of a 47 ms batch in one measurement)
-    values = z.numpy()
+    values = z.numpy() if z.device.type == "cpu" else z
     if z.numel() and (int(values.min()) < low or int(values.max()) > high):
         raise ConfigError(f"noisy input leaves the first layer's range [{low}, {high}]: "
                           "sigma is too large for this model's input type")

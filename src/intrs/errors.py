@@ -45,3 +45,7 @@ def missing_dependency(error: ModuleNotFoundError) -> MissingDependencyError | N
     extra = OPTIONAL_PACKAGES[top]
     return MissingDependencyError(f"this needs the optional package {top!r}, which is not installed: "
                                   f"pip install 'intrs[{extra}]'")
+
+
+class OutputError(IntrsError):
+    """An output cannot be written: an unwritable or misnamed location, or a full disk."""

@@ -12,6 +12,7 @@ folder into one HTML page.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ import torch
 from .attacks import pgd, to_pixel_grid
 from .certification import CertifySettings, run
 from .checkpoint import Checkpoint, load_checkpoint
+from .choices import EXPERIMENTS
 from .data import ImageSet, load_dataset
 from .errors import ConfigError, OutputExistsError
+from .files import check_output, write_atomically, write_text_atomically
 from .intmodel import IntegerModel, load_integer_model, save_integer_model
 from .noise import PIXEL_MAX, DiscreteGaussianNoise, GaussianNoise, numpy_generator
 from .progress import Progress, no_progress
@@ -35,7 +38,6 @@ from .rng import random_stream, stream_seed
 from .systems import make_system
 from .training import CHECKPOINT_NAME, TrainConfig, train
 
-EXPERIMENTS = ("table1", "certify-sigma", "sigma-mismatch", "pgd-linf", "pgd-l2", "alpha", "noisy-images")
 SYSTEM_LABELS = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
 STAGE_ATTACK = 40  # random streams of the attacks: (seed, STAGE_ATTACK, eps index)
 
@@ -111,10 +113,17 @@ def _sigma_tag(sigma: float) -> str:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    """A CSV with "\n" line endings (the csv module's default is "\r\n"), written atomically."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomically(path, out.getvalue())
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """A matplotlib figure as a PNG, written atomically."""
+    write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -136,19 +145,27 @@ class Reproduction:
     """One run folder for one preset: models, data, tables, figures."""
 
     def __init__(self, chosen: Preset, out_dir: str | Path, data_dir: str | Path | None = None, seed: int = 0,
-                 progress: Progress = no_progress, log: Callable[[str], None] = lambda message: None):
+                 progress: Progress = no_progress, log: Callable[[str], None] = lambda message: None,
+                 device: torch.device | None = None):
         self.preset, self.out, self.data_dir, self.seed = chosen, Path(out_dir), data_dir, seed
+        self.device = device  # training and the certified systems (intrs.devices); attacks stay on the CPU
         self.progress, self.log = progress, log
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_output(self.out, folder=True)
         settings = {"preset": asdict(chosen), "seed": seed, "data_dir": str(data_dir) if data_dir else None}
         settings_path = self.out / "preset.json"
         if settings_path.exists():
-            previous = json.loads(settings_path.read_text())
+            try:
+                previous = json.loads(settings_path.read_text())
+                previous["preset"]["name"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise OutputExistsError(f"{settings_path} is damaged (not the settings 'intrs reproduce' writes): "
+                                        "remove it to go on with the run in this folder, or choose another --out") \
+                    from None
             if previous.get("preset") != json.loads(json.dumps(settings["preset"])) or previous.get("seed") != seed:
                 raise OutputExistsError(f"{self.out} holds a run of other settings ({previous['preset']['name']}, "
                                         f"seed {previous.get('seed')}): choose another --out")
-        else:
-            settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+        else:  # atomically: a torn preset.json would make the folder unreadable
+            write_text_atomically(settings_path, json.dumps(settings, indent=2) + "\n")
         self._test: ImageSet | None = None
 
     # ------------------------------------------------------------ shared parts
@@ -171,7 +188,8 @@ class Reproduction:
             if previous.epoch >= config.resolved_schedule(self.test_set.info.paper_batch_size).epochs:
                 return previous
         self.log(f"training {p.arch} at sigma={sigma:g} into {folder}")
-        return train(config, folder, self.data_dir, resume=checkpoint.exists(), progress=self.progress)
+        return train(config, folder, self.data_dir, resume=checkpoint.exists(), progress=self.progress,
+                     device=self.device)
 
     def int_model(self, sigma: float, method: str) -> IntegerModel:
         """The QAT (IntRS) or PTQ (FloatRS-quant) integer model of the sigma-trained float model."""
@@ -188,8 +206,9 @@ class Reproduction:
 
     def system(self, name: str, train_sigma: float, sigma: float):
         if name == "floatrs-fp":
-            return make_system(name, self.float_model(train_sigma), sigma)
-        return make_system(name, self.int_model(train_sigma, "qat" if name == "intrs-quant" else "ptq"), sigma)
+            return make_system(name, self.float_model(train_sigma), sigma, device=self.device)
+        return make_system(name, self.int_model(train_sigma, "qat" if name == "intrs-quant" else "ptq"), sigma,
+                           device=self.device)
 
     def smooth(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, alpha: float | None = None,
                n: int | None = None, images: int | None = None) -> Path:
@@ -238,7 +257,7 @@ class Reproduction:
             rows.append(row)
         header = ["n", "FloatRS-fp correct", "abstain", "s/image", "IntRS-quant correct", "abstain", "s/image"]
         write_csv(folder / "table1.csv", header, rows)
-        (folder / "table1.md").write_text(
+        write_text_atomically(folder / "table1.md",
             f"Table 1: PREDICT with sigma = {sigma}, alpha = {p.alpha} ({p.table1_images} test images)\n\n"
             + markdown_table(header, rows))
 
@@ -251,7 +270,8 @@ class Reproduction:
         for label, row_label, path in entries:
             results = read_results(path)
             accuracies = [certified_accuracy(results, r) for r in radii]
-            csv_rows.append([label, row_label] + [f"{a:.4f}" for a in accuracies])
+            # the CSV's column is numeric: "sigma = 0.12" is 0.12 there, the markdown keeps the words
+            csv_rows.append([label, row_label.split(" = ")[-1]] + [f"{a:.4f}" for a in accuracies])
             by_label.setdefault(label, []).append([row_label] + [f"{a:.2f}" for a in accuracies])
         for label, rows in by_label.items():
             blocks.append(markdown_table([label] + [f"r = {r:g}" for r in radii], rows))
@@ -263,7 +283,7 @@ class Reproduction:
         for (label, row_label), values in table.items():
             if label.startswith(other) and (label.replace(other, base, 1), row_label) in table:
                 reference = table[(label.replace(other, base, 1), row_label)]
-                rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_label}"]
+                rows.append([label.replace(other, f"{other} - {base}", 1) + f", sigma = {row_label}"]
                             + [f"{a - b:+.2f}" for a, b in zip(values, reference)])
         return markdown_table(["gap"] + [f"r = {r:g}" for r in radii], rows) if rows else ""
 
@@ -281,7 +301,7 @@ class Reproduction:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         plt.close(fig)
 
     def run_certify_sigma(self, folder: Path) -> None:
@@ -295,7 +315,7 @@ class Reproduction:
         csv_rows, markdown = self._accuracy_blocks(entries, radii)
         write_csv(folder / "certified_accuracy.csv", ["system", "sigma"] + [f"{r:g}" for r in radii], csv_rows)
         gap = self._gap_table(csv_rows, radii, "FloatRS-fp", "IntRS-quant")
-        (folder / "certified_accuracy.md").write_text(
+        write_text_atomically(folder / "certified_accuracy.md",
             f"Tables 2/3: certified accuracy on {p.dataset}, train sigma = certify sigma, n = {p.n}, alpha = {p.alpha}, "
             f"{p.images} test images\n\n{markdown}\nIntRS-quant minus FloatRS-fp, per cell:\n\n{gap}")
         for name in ("floatrs-fp", "intrs-quant", "floatrs-quant"):
@@ -320,7 +340,7 @@ class Reproduction:
         csv_rows, markdown = self._accuracy_blocks(entries, radii)
         write_csv(folder / "certified_accuracy.csv", ["system", "certify sigma"] + [f"{r:g}" for r in radii],
                   csv_rows)
-        (folder / "certified_accuracy.md").write_text(
+        write_text_atomically(folder / "certified_accuracy.md",
             f"Tables 4/5: base models trained at sigma in {list(p.mismatch_train_sigmas)}, certified at each sigma "
             f"(n = {p.n}, alpha = {p.alpha}, {p.images} test images)\n\n{markdown}")
 
@@ -334,7 +354,7 @@ class Reproduction:
                    for name in ("floatrs-fp", "intrs-quant") for alpha in p.alphas]
         csv_rows, markdown = self._accuracy_blocks(entries, radii)
         write_csv(folder / "certified_accuracy.csv", ["system", "alpha"] + [f"{r:g}" for r in radii], csv_rows)
-        (folder / "certified_accuracy.md").write_text(
+        write_text_atomically(folder / "certified_accuracy.md",
             f"Figure 11: certified accuracy for several alpha, sigma = {sigma}, n = {p.n}\n\n{markdown}")
         self._accuracy_figure(folder / "certified_accuracy_alpha.png", [(f"{e[0]}, {e[1]}", e[2]) for e in entries],
                               f"alpha on {p.dataset}, sigma = {sigma}")
@@ -354,8 +374,10 @@ class Reproduction:
             return {row[0]: row for row in list(csv.reader(handle))[1:]}
 
     def _append(self, path: Path, row: list) -> None:
-        with open(path, "a", newline="") as handle:
-            csv.writer(handle).writerow(row)
+        """One finished row more: the file is rewritten whole, so a failure never leaves a torn row."""
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        write_csv(path, rows[0], rows[1:] + [row])
 
     def run_pgd_linf(self, folder: Path) -> None:
         p, sigma = self.preset, 0.25
@@ -384,7 +406,7 @@ class Reproduction:
             acc_quant = float((engine.predict(integer, pixels_quant.to(torch.int32)) == labels).float().mean())
             self._append(path, [f"{eps:g}", f"{acc_float:.4f}", f"{acc_quant:.4f}"])
         rows = list(self._incremental(path, header).values())
-        (folder / "accuracy.md").write_text(
+        write_text_atomically(folder / "accuracy.md",
             f"Figure 1: PGD L-inf (7 steps, random start) against the base classifiers trained at sigma = {sigma}; "
             f"the adversarial image is truncated to the 8-bit grid; the quantized model is attacked through its "
             f"fake-quantized twin and judged by the integer engine ({len(labels)} test images)\n\n"
@@ -407,7 +429,7 @@ class Reproduction:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         plt.close(fig)
 
     def _image_grid(self, path: Path, clean: torch.Tensor, examples: dict) -> None:
@@ -427,7 +449,7 @@ class Reproduction:
                     if j == 0:
                         ax.set_ylabel(kind, fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
 
     # ------------------------------------------------------------ Figure 10: PGD L2 against smoothed classifiers
@@ -467,7 +489,7 @@ class Reproduction:
                     f"{verdicts['floatrs-fp'][1]:.4f}", f"{verdicts['intrs-quant'][1]:.4f}"]
             self._append(path, row)
         rows = list(self._incremental(path, header).values())
-        (folder / "accuracy.md").write_text(
+        write_text_atomically(folder / "accuracy.md",
             f"Figure 10: PGD L2 (20 steps, {p.attack_samples} noise samples per step) against the smoothed classifiers, "
             f"then PREDICT (n = {p.predict_n}, alpha = 0.001, sigma = {sigma}), {len(labels)} test images\n\n"
             + markdown_table(header, rows))
@@ -502,9 +524,9 @@ class Reproduction:
                     if j == 0:
                         ax.set_ylabel(kind, fontsize=7)
         fig.tight_layout()
-        fig.savefig(folder / "noisy_images.png", dpi=100)
+        save_figure(fig, folder / "noisy_images.png", dpi=100)
         plt.close(fig)
-        (folder / "noisy_images.md").write_text(
+        write_text_atomically(folder / "noisy_images.md",
             f"Figures 12/13: test images of {p.dataset} with noise at each sigma: continuous Gaussian (the paper's "
             "figure) and the discrete Gaussian IntRS adds on the integer grid (clipped to [0, 1] for display only)\n")
 

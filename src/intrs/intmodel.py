@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import write_atomically
 
 FORMAT = "intrs-integer-model"
 VERSION = 1
@@ -168,7 +168,6 @@ def with_input_saturation(model: IntegerModel, low: int = 0, high: int = 255) ->
 def save_integer_model(model: IntegerModel, path: str | Path) -> Path:
     """Write ``model`` as one versioned .npz file, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays, layers = {}, []
     for i, layer in enumerate(model.layers):
         record = {k: v for k, v in asdict(layer).items() if k not in layer.ARRAYS}
@@ -184,10 +183,8 @@ def save_integer_model(model: IntegerModel, path: str | Path) -> Path:
         "layers": layers, "meta": model.meta,
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    # A file object, not a name: np.savez would append ".npz" to a temporary's name.
+    return write_atomically(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_integer_model(path: str | Path) -> IntegerModel:

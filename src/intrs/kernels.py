@@ -41,7 +41,7 @@ from .errors import ConfigError, IntrsError
 from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
-_ABI = 4
+_ABI = 5
 _INT32_LIMIT = 2 ** 31 - 1
 
 # The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
@@ -185,6 +185,7 @@ def library() -> ctypes.CDLL | None:
         pointer, integer, int64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         lib.intrs_isa.argtypes, lib.intrs_isa.restype = [integer], pointer
         lib.intrs_run.argtypes = [pointer, pointer, integer, pointer]
+        lib.intrs_arena_bytes.argtypes, lib.intrs_arena_bytes.restype = [pointer, integer], int64
         lib.intrs_add.argtypes = [pointer, pointer, pointer, int64, pointer, pointer]
         lib.intrs_add_rescale.argtypes = [pointer, pointer, int64, int64, int64, int64, pointer]
         lib.intrs_table_draw.argtypes = [pointer, int64, pointer, integer, pointer, pointer, int64, pointer, pointer,
@@ -490,22 +491,16 @@ class _Program:
             raise RuntimeError(f"the kernels refused a program built for {self.instruction_set}")
         return None if rc else y
 
-    def image(self, x: torch.Tensor, expected: torch.Tensor) -> bytes:
-        """This program as one relocatable file, with int32 NHWC inputs ``x`` and the int8 outputs they must
-        give: what tests/program_image.c loads on another machine (an aarch64 one under emulation) to run the
-        same ops through its own kernels. Every pointer in the ops and requantization structs becomes 1 + the
-        offset of its buffer in the data block (0: null); the structs' sizes travel with it, to be checked.
-
-        Layout (little-endian int64 words, then blocks): magic b"INTRSPG1"; sizeof op_t, sizeof requant_t,
-        op count, slots, output slot, output bytes, image values, images, data bytes, requant count; the
-        slot sizes; the data offsets of the requant structs; the ops; the data block; x; expected."""
-        buffers: dict[int, bytes] = {}  # by address: every array and struct the ops reach
+    def buffers(self) -> dict[int, np.ndarray | ctypes.Structure]:
+        """Every array and requantization struct the ops can reach, by address (for the serializers: ``image``
+        and intrs.c_export). Arrays with the same address are one buffer."""
+        found: dict[int, np.ndarray | ctypes.Structure] = {}
 
         def collect(value):
             if isinstance(value, np.ndarray):
-                buffers.setdefault(value.ctypes.data, value.tobytes())
+                found.setdefault(value.ctypes.data, value)
             elif isinstance(value, ctypes.Structure):
-                buffers.setdefault(ctypes.addressof(value), bytes(value))
+                found.setdefault(ctypes.addressof(value), value)
             elif isinstance(value, (list, tuple)):
                 for item in value:
                     collect(item)
@@ -517,6 +512,19 @@ class _Program:
                     collect(item)
 
         collect(self.steps)
+        return found
+
+    def image(self, x: torch.Tensor, expected: torch.Tensor) -> bytes:
+        """This program as one relocatable file, with int32 NHWC inputs ``x`` and the int8 outputs they must
+        give: what tests/program_image.c loads on another machine (an aarch64 one under emulation) to run the
+        same ops through its own kernels. Every pointer in the ops and requantization structs becomes 1 + the
+        offset of its buffer in the data block (0: null); the structs' sizes travel with it, to be checked.
+
+        Layout (little-endian int64 words, then blocks): magic b"INTRSPG1"; sizeof op_t, sizeof requant_t,
+        op count, slots, output slot, output bytes, image values, images, data bytes, requant count; the
+        slot sizes; the data offsets of the requant structs; the ops; the data block; x; expected."""
+        buffers = {address: value.tobytes() if isinstance(value, np.ndarray) else bytes(value)
+                   for address, value in self.buffers().items()}
         offsets, data = {}, bytearray()
         for address, blob in buffers.items():
             offsets[address] = len(data)

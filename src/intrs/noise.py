@@ -21,15 +21,21 @@ from scipy.stats import norm
 from . import kernels
 from .certificate import certified_radius
 from .errors import ConfigError
-from .rng import random_stream, stream_seed
+from .rng import device_stream, stream_seed
 
 PIXEL_MAX = 255  # an 8-bit pixel p lies in {0..255}; the real image is p / 255 (SPEC section 1)
 
 
+MAX_SIGMA = 100.0  # 100 times the whole pixel range: beyond it every sample is noise, and 255 sigma overflows tables
+
+
 def check_sigma(sigma: float) -> float:
-    """sigma must be a positive finite number (in [0, 1] pixel units)."""
+    """sigma must be a positive finite number (in [0, 1] pixel units), at most ``MAX_SIGMA``."""
     if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ConfigError(f"sigma must be a positive number in [0,1] pixel units (e.g. 0.25), got {sigma!r}")
+    if sigma > MAX_SIGMA:
+        raise ConfigError(f"sigma must be a positive number in [0,1] pixel units (e.g. 0.25), at most {MAX_SIGMA:g} "
+                          f"(noise {MAX_SIGMA:g} times the pixel range drowns any image), got {sigma!r}")
     return float(sigma)
 
 
@@ -51,19 +57,25 @@ class NoiseLaw(Protocol):
 
 
 class GaussianNoise:
-    """Continuous isotropic Gaussian N(0, sigma^2 I) on x = p / 255: Cohen's smoothing (FloatRS)."""
+    """Continuous isotropic Gaussian N(0, sigma^2 I) on x = p / 255: Cohen's smoothing (FloatRS).
+
+    Drawn on ``device`` (default: the CPU) from that device's stream (``intrs.rng.device_stream``): the
+    same rows for the same seed on the same device; a GPU's rows differ from the CPU's (another generator,
+    and float arithmetic that rounds differently).
+    """
 
     name = "gaussian"
 
-    def __init__(self, sigma: float):
+    def __init__(self, sigma: float, device: str | torch.device | None = None):
         self.sigma = check_sigma(sigma)
+        self.device = torch.device("cpu" if device is None else device)
 
     def generator(self, seed: int, *key: int) -> torch.Generator:
-        return random_stream(seed, *key)  # distinct (seed, *key) cannot share noise (intrs.rng)
+        return device_stream(self.device, seed, *key)  # distinct (seed, *key) do not share noise (intrs.rng)
 
     def perturb(self, pixels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-        x = pixels.to(torch.float32).div_(PIXEL_MAX)
-        noise = torch.randn((count, *x.shape), generator=generator, dtype=torch.float32)
+        x = pixels.to(device=self.device, dtype=torch.float32).div_(PIXEL_MAX)
+        noise = torch.randn((count, *x.shape), generator=generator, dtype=torch.float32, device=self.device)
         return noise.mul_(self.sigma).add_(x)
 
     def radius(self, p_lower: float) -> float:
@@ -229,19 +241,64 @@ class TableSampler:
 
         ties = [tie for found in kernels.parallel_map(draw, word_streams(generator, size, period)) for tie in found]
         for i, word in ties:  # in index order, after every word of the batch: the draws do not depend on threads
-            draws[i] = self._settle_tie(word, generator) + (0 if flat is None else int(flat[i % period]))
+            draws[i] = self._settle_tie(word, _low_word(generator)) + (0 if flat is None else int(flat[i % period]))
         return draws.reshape(shape)
 
-    def _settle_tie(self, high: int, generator: np.random.Generator) -> int:
+    def _settle_tie(self, high: int, low: np.uint64) -> int:
         """U = high * 2^64 + low is below T_j when high < T_j's high word, or when the high words are
         equal and low < T_j's low word: the rare equal case draws the low word."""
         word = np.uint64(high)
         left, right = (int(np.searchsorted(self.high, word, side=side)) for side in ("left", "right"))
-        # random_raw() gives a Python int: searched as is against uint64 words, one below 2^63 is promoted
-        # with them to float64 and rounds onto its neighbours (issue 15). As a uint64 it compares exactly.
-        low = np.uint64(generator.bit_generator.random_raw())
-        index = left + int(np.searchsorted(self.low[left:right], low, side="right"))
+        index = left + int(np.searchsorted(self.low[left:right], np.uint64(low), side="right"))
         return int(self.values[min(index, len(self.values) - 1)])
+
+    def sample_on(self, device: torch.device, shape: tuple[int, ...], generator: np.random.Generator,
+                  offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """``sample`` with the table search on a torch device: the same int32 draws, on ``device``.
+
+        The 64-bit words are ``generator``'s (the same words ``sample`` reads, drawn by the kernels'
+        threads where they can jump ahead), moved to the device and searched there against the table
+        (``search_on``); a tie's low word is drawn afterwards in index order, as ``sample`` draws it, and
+        settled by ``_settle_tie``. So the draws equal ``sample``'s for the same generator, on any device.
+        """
+        size = int(np.prod(shape))
+        words = np.empty(size, dtype=np.uint64)
+
+        def fill(stream) -> None:
+            start, stop, bits = stream
+            words[start:stop] = bits.random_raw(stop - start)
+
+        kernels.parallel_map(fill, word_streams(generator, size))
+        draws, ties = self.search_on(torch.from_numpy(words.view(np.int64)).to(device))
+        for i in ties.tolist():  # rare (probability < (2K + 1) 2^-64 a draw): settled on the host
+            draws[i] = self._settle_tie(int(words[i]), _low_word(generator))
+        draws = draws.reshape(shape)
+        return draws if offsets is None else draws.add_(offsets.to(device=device, dtype=torch.int32))
+
+    def search_on(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draws (int32, on the words' device) for high words given as int64 bit patterns, and the
+        indices whose word equals a threshold's high word (their draw needs ``_settle_tie``).
+
+        Torch has no unsigned 64-bit search, so words and thresholds are compared as signed integers with
+        their top bit flipped (u XOR 2^63, read as int64): an order-preserving map of [0, 2^64)."""
+        high, values = self._device_table(words.device)
+        signed = words ^ torch.iinfo(torch.int64).min
+        index = torch.searchsorted(high, signed, right=True)
+        ties = torch.nonzero(torch.searchsorted(high, signed, right=False) < index).flatten()
+        return values[index.clamp_(max=len(values) - 1)], ties.cpu()
+
+    def _device_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.__dict__.setdefault("_on_device", {})
+        if device not in cache:
+            flipped = (self.high ^ np.uint64(1 << 63)).view(np.int64)
+            cache[device] = (torch.from_numpy(flipped).to(device), torch.from_numpy(self.values).to(device))
+        return cache[device]
+
+
+def _low_word(generator: np.random.Generator) -> np.uint64:
+    # random_raw() gives a Python int: searched as is against uint64 words, one below 2^63 is promoted
+    # with them to float64 and rounds onto its neighbours (issue 15). As a uint64 it compares exactly.
+    return np.uint64(generator.bit_generator.random_raw())
 
 
 def _tail_support(sigma_q: Fraction) -> int:
@@ -302,21 +359,26 @@ class LatticeNoise:
 
     Lives on the unbounded lattice (never truncated to [0, 255], SPEC section 2);
     returns int32 noisy inputs in pixel steps, drawn from integer random bits only.
+    With a torch ``device`` the table is searched there (``TableSampler.sample_on``) and the
+    noisy inputs come back on it: the same integers as without, for the same seed.
     """
 
     name = "lattice"
     _table = None
 
-    def __init__(self, sigma: float):
+    def __init__(self, sigma: float, device: str | torch.device | None = None):
         self.sigma = check_sigma(sigma)
         self.sigma_q = sigma_in_pixel_steps(sigma)
         self.table = type(self)._table(self.sigma_q)
+        self.device = None if device is None else torch.device(device)
 
     def generator(self, seed: int, *key: int) -> np.random.Generator:
         # A seed alone is PCG64(seed); a keyed stream goes through stream_seed, as CERTIFY's always has.
         return numpy_generator(stream_seed(seed, *key) if key else seed)
 
     def perturb(self, pixels: torch.Tensor, count: int, generator: np.random.Generator) -> torch.Tensor:
+        if self.device is not None:
+            return self.table.sample_on(self.device, (count, *pixels.shape), generator, offsets=pixels)
         return torch.from_numpy(self.table.sample((count, *pixels.shape), generator, offsets=pixels.numpy()))
 
     def radius(self, p_lower: float) -> float:
@@ -344,10 +406,10 @@ class RoundedGaussianNoise(LatticeNoise):
     _table = staticmethod(rounded_gaussian_table)
 
 
-def noise_law(name: str, sigma: float) -> NoiseLaw:
-    """The noise law called ``name`` at level ``sigma``."""
+def noise_law(name: str, sigma: float, device: str | torch.device | None = None) -> NoiseLaw:
+    """The noise law called ``name`` at level ``sigma``, drawn on ``device`` (default: the CPU's own path)."""
     laws = {"gaussian": GaussianNoise, "discrete-gaussian": DiscreteGaussianNoise,
             "rounded-gaussian": RoundedGaussianNoise}
     if name not in laws:
         raise ConfigError(f"unknown noise {name!r}: choose one of {', '.join(laws)}")
-    return laws[name](sigma)
+    return laws[name](sigma, device)

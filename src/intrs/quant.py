@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import CheckpointError, ConfigError
+from .files import write_atomically
 from .intmodel import (AddLayer, ConvLayer, IntegerModel, PoolLayer, quantize_multiplier,
                        quantize_multiplier_smaller_than_one, validate)
 from .models import Normalize, read_torch_file
@@ -432,6 +432,42 @@ class QuantModel(nn.Module):
             mean_q = F.avg_pool2d(q, layer.kernel, layer.stride, layer.padding, count_include_pad=False)
         return _straight_through(real, (round_half_away(mean_q) - zero_point) * scale)
 
+    # -- calibration (PTQ)
+
+    @torch.no_grad()
+    def calibrate(self, images, noise=None, seed: int = 0, batch_size: int = 256) -> "QuantModel":
+        """Track every activation's range over ``images`` (N, C, H, W): uint8 pixels or floats in [0, 1].
+
+        The model computes on pixel steps (x_q = p in 0..255, what the integer engine takes), so floats are
+        rounded to the 8-bit grid as ``intrs.to_pixels`` does. Data whose range cannot be pixels (floats
+        outside [0, 1]: pixel steps stored as floats, normalized images) is a ``ConfigError``: ranges
+        calibrated on it would be silently wrong. With ``noise`` (a lattice law such as
+        ``DiscreteGaussianNoise``) each batch is x_q + k, as under certification, drawn from ``seed``'s
+        stream. Calibrate before ``to_integer_model``, which freezes the ranges; returns the model.
+        """
+        from .data import to_pixel_batch
+        from .errors import DataError
+        from .noise import numpy_generator
+        from .rng import STAGE_TRAIN, stream_seed
+
+        if not self.observe:
+            raise ConfigError("this model's ranges are frozen (to_integer_model froze them): calibrate before it")
+        try:
+            pixels = to_pixel_batch(images)
+        except DataError as exc:
+            raise ConfigError(f"calibrate: {exc}; pass uint8 pixels (0..255) or floats in [0, 1] "
+                              "(e.g. pixel steps / 255)") from None
+        if tuple(pixels.shape[1:]) != self.input_shape:
+            raise ConfigError(f"calibrate: images of shape {tuple(pixels.shape[1:])}, the model takes "
+                              f"{self.input_shape}")
+        if len(pixels) == 0:
+            raise ConfigError("calibrate: no images")
+        generator = numpy_generator(stream_seed(seed, STAGE_TRAIN, 0))
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start:start + batch_size]
+            self(discrete_noisy_input(batch, noise, generator) if noise is not None else batch.to(torch.float32))
+        return self
+
     # -- conversion
 
     def to_integer_model(self) -> IntegerModel:
@@ -612,8 +648,18 @@ class QuantizeConfig:
     def check(self) -> "QuantizeConfig":
         if self.method not in ("qat", "ptq"):
             raise ConfigError(f"quantization method must be 'qat' or 'ptq', got {self.method!r}")
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or self.calibration_images < 1:
-            raise ConfigError(f"epochs >= 0, lr > 0, batch size >= 1 and calibration images >= 1 needed, got {self}")
+        wrong = [f"--epochs must be >= 0, got {self.epochs}"] if self.epochs < 0 else []
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            wrong.append(f"--lr must be a number > 0, got {self.lr}")
+        for flag, value in (("--batch-size", self.batch_size), ("--calibration-images", self.calibration_images),
+                            ("--eval-images", self.eval_images), ("--train-subset", self.train_subset)):
+            if value is not None and value < 1:
+                wrong.append(f"{flag} must be at least 1, got {value}")
+        if wrong:
+            raise ConfigError("; ".join(wrong))
+        from .rng import check_seed
+
+        check_seed(self.seed)
         return self
 
 
@@ -628,7 +674,6 @@ CHECK_EVERY = 25  # QAT batches between conversion checks; a check costs about w
 
 def _calibrated(checkpoint, config: QuantizeConfig, train_set, noise) -> QuantModel:
     """Lower the checkpoint and calibrate its ranges; refuses a calibration that would not convert."""
-    from .noise import numpy_generator
     from .rng import STAGE_TRAIN, stream_seed
 
     meta = {"arch": checkpoint.config.arch, "dataset": checkpoint.dataset, "sigma": checkpoint.sigma,
@@ -641,12 +686,8 @@ def _calibrated(checkpoint, config: QuantizeConfig, train_set, noise) -> QuantMo
         qmodel.meta["input_saturation"] = [0, 255]
 
     noisy_calibration = config.calibration_noise if config.calibration_noise is not None else config.method == "qat"
-    generator = numpy_generator(stream_seed(config.seed, STAGE_TRAIN, 0))
-    calibration = train_set.images[: config.calibration_images]
-    with torch.no_grad():
-        for start in range(0, len(calibration), config.batch_size):
-            images = calibration[start:start + config.batch_size]
-            qmodel(discrete_noisy_input(images, noise, generator) if noisy_calibration else images.to(torch.float32))
+    qmodel.calibrate(train_set.images[: config.calibration_images], noise if noisy_calibration else None,
+                     config.seed, config.batch_size)
     try:
         qmodel.check_convertible()
     except ConfigError as exc:
@@ -726,17 +767,7 @@ def save_qat_state(qmodel: QuantModel, path, epoch: int, config: QuantizeConfig)
         "ranges": {name: [float(low), float(high)] for name, (low, high) in qmodel.ranges.items()},
         "input_saturation": None if qmodel.input_saturation is None else list(qmodel.input_saturation),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write the QAT state {path}: {str(exc)[:200]}") from None
-    return path
+    return write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
 def load_qat_state(path, checkpoint) -> tuple[QuantModel, dict]:

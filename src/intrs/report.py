@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError, MissingDependencyError, OutputExistsError
+from .files import write_atomically, write_text_atomically
 from .results import read_result_table
 
 RADIUS_STEP = 0.25
@@ -259,13 +260,7 @@ def write_accuracy_plot(table: AccuracyTable, path: str | Path, force: bool = Fa
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            fig.savefig(tmp, format=fmt, dpi=120)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        write_atomically(path, lambda handle: fig.savefig(handle, format=fmt, dpi=120))
     finally:
         plt.close(fig)
     return path
@@ -337,6 +332,4 @@ def write_html_report(run_dir: str | Path) -> Path:
              "text-align:right}th{background:#eee}img{max-width:100%}figcaption{color:#666;font-size:small}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>intrs {html.escape(preset['name'])}</title>"
             f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
-    out = run_dir / "report.html"
-    out.write_text(page)
-    return out
+    return write_text_atomically(run_dir / "report.html", page)

@@ -4,8 +4,10 @@ Columns start with Cohen's ``idx label predict radius correct time`` so that his
 ``analyze.py`` and ours read each other's files; extra columns follow. Rows are
 appended and flushed to disk as each image finishes; a sidecar ``.json`` holds the
 settings, so a re-run with ``resume`` skips finished images and a run with other
-settings is refused instead of mixing results. An exclusive lock keeps two runs
-from writing the same file.
+settings is refused instead of mixing results (a model is compared by the SHA-256 of
+its file, not by how its path is spelled). An exclusive lock keeps two runs from
+writing the same file. A row that cannot be written (a full disk) stops the run
+with one error; the rows before it are kept and ``resume`` finishes the file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Context
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DataError, OutputExistsError
+from .errors import DataError, OutputError, OutputExistsError
+from .files import check_output, describe_os_error, write_text_atomically
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 CERTIFY_COLUMNS = COHEN_COLUMNS + ("counts_top", "n0", "n", "pA_lower", "sigma", "alpha", "system", "noise", "seed")
@@ -54,6 +57,16 @@ def metadata_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def check_result_output(path: str | Path, *, force: bool = False, resume: bool = False) -> Path:
+    """Refuse now what ``ResultWriter`` would refuse on opening ``path``: a location that cannot be written,
+    or an existing run without ``resume`` or ``force`` (a command with several outputs checks them all first)."""
+    path = check_output(path)
+    if path.exists() and path.stat().st_size > 0 and not (force or resume):
+        raise OutputExistsError(f"{path} already exists: pass --resume to finish it, --force to overwrite it, "
+                                "or choose another --out")
+    return path
+
+
 class ResultWriter:
     """Appends rows to a TSV, flushing each; resumes or refuses as told. Use as a context manager."""
 
@@ -65,12 +78,14 @@ class ResultWriter:
         self._force, self._resume = force, resume
 
     def __enter__(self) -> "ResultWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if exists and not (self._force or self._resume):
-            raise OutputExistsError(f"{self.path} already exists: pass --resume to finish it, --force to overwrite it, "
-                                    "or choose another --out")
-        handle = open(self.path, "a+", newline="")
+        check_result_output(self.path, force=self._force, resume=self._resume)
+        exists = self.path.stat().st_size > 0 if self.path.exists() else False
+        created = not self.path.exists()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", newline="")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {describe_os_error(exc)}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,22 +93,23 @@ class ResultWriter:
             raise OutputExistsError(f"{self.path} is being written by another intrs run; wait for it or "
                                     "choose another --out") from None
         self._handle = handle
-        if exists and self._resume:
-            self._check_settings()
-            self.done = self._recover_rows()
-        else:
-            self._start_fresh()
+        try:
+            if exists and self._resume:
+                self._check_settings()
+                self.done = self._recover_rows()
+            else:
+                self._start_fresh()
+        except BaseException:
+            if created and self.path.stat().st_size == 0:
+                self.path.unlink()  # ours and empty: a failed start leaves no file that looks like a run
+            self.__exit__()
+            raise
         return self
 
     def _start_fresh(self) -> None:
         # Settings first: a run killed before its header is written leaves an empty TSV, which starts afresh.
-        tmp = metadata_path(self.path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, metadata_path(self.path))
-        self._handle.seek(0)
-        self._handle.truncate()
-        self._handle.write("\t".join(self.columns) + "\n")
-        self._sync()
+        write_text_atomically(metadata_path(self.path), json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+        self._append("\t".join(self.columns) + "\n", truncate=True)
 
     def _check_settings(self) -> None:
         meta = metadata_path(self.path)
@@ -102,8 +118,16 @@ class ResultWriter:
         except (OSError, ValueError):
             raise OutputExistsError(f"{self.path} has no readable settings file {meta}: it cannot be resumed safely; "
                                     "pass --force to overwrite it") from None
-        if previous != json.loads(json.dumps(self.settings)):
-            changed = sorted(k for k in set(previous) | set(self.settings) if previous.get(k) != self.settings.get(k))
+        current = json.loads(json.dumps(self.settings))
+        was, now = previous.get("model_sha256"), current.get("model_sha256")
+        if was and now and was != now:
+            raise OutputExistsError(f"{self.path} was made with the model {previous.get('model')} (sha256 {was[:16]}), "
+                                    f"but {current.get('model')} has other content (sha256 {now[:16]}): resume "
+                                    "with the model it was made with, --force to overwrite, or another --out")
+        if was and now:  # the same content: where its path points, and how it is spelled, may differ
+            previous, current = ({k: v for k, v in s.items() if k != "model"} for s in (previous, current))
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise OutputExistsError(f"{self.path} was made with other settings ({', '.join(changed)} differ): "
                                     "resume with the same settings, --force to overwrite, or another --out")
 
@@ -121,21 +145,40 @@ class ResultWriter:
         if tuple(lines[0].split("\t")) != self.columns:
             raise OutputExistsError(f"{self.path} does not start with the expected header; pass --force to overwrite")
         self._handle.seek(0, os.SEEK_END)
-        return {int(line.split("\t", 1)[0]) for line in lines[1:] if line}
+        done = set()
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                done.add(int(line.split("\t", 1)[0]))
+            except ValueError:
+                raise OutputExistsError(f"{self.path} line {number} is not a result row ({line[:40]!r}): remove "
+                                        "that line to resume, or pass --force to start over") from None
+        return done
 
     def write(self, row: dict) -> None:
-        self._handle.write("\t".join(str(row[c]) for c in self.columns) + "\n")
-        self._sync()
+        self._append("\t".join(str(row[c]) for c in self.columns) + "\n")
         self.done.add(int(row["idx"]))
 
-    def _sync(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+    def _append(self, text: str, truncate: bool = False) -> None:
+        """Write ``text`` and flush it to disk; a failure (a full disk) is one ``OutputError``. What part of a
+        row reached the disk is a torn last line, which ``resume`` cuts off."""
+        try:
+            if truncate:
+                self._handle.seek(0)
+                self._handle.truncate()
+            self._handle.write(text)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {describe_os_error(exc)}; the rows written so far are "
+                              "kept: make room, then rerun with --resume") from None
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:
+                pass  # the failed write has been reported; what did reach the disk is cut on resume
 
 
 def read_results(path: str | Path) -> list[dict]:

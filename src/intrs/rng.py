@@ -2,7 +2,8 @@
 
 A stream is named by a key, e.g. (image index, stage) for certification or
 (epoch,) for training, so a piece of work re-runs alone, in any order and on any
-worker, with the same draws.
+worker, with the same draws. ``device_stream`` gives the stream on a torch device: the CPU's is
+``random_stream``'s, a CUDA device's a Philox generator seeded from the same key (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ def _check_words(seed: int, key: tuple) -> tuple[int, ...]:
     if not all(0 <= w < _WORD for w in words):
         raise ValueError(f"a seed and its stream key must be integers in [0, 2^64), got {words}")
     return words
+
+
+def check_seed(seed) -> int:
+    """A user's root seed: an integer in [0, 2^64) (every stream is derived from its 64 bits), else a
+    ``ConfigError``."""
+    from .errors import ConfigError
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < _WORD:
+        raise ConfigError(f"--seed must be an integer in [0, 2^64), got {seed!r}")
+    return int(seed)
 
 
 def stream_seed(seed: int, *key: int) -> int:
@@ -92,3 +103,33 @@ def random_stream(seed: int, *key: int) -> torch.Generator:
 def seed_torch(seed: int, *key: int) -> None:
     """Sets torch's global CPU generator (what model initialisation draws from) to the stream (seed, *key)."""
     torch.default_generator.set_state(random_stream(seed, *key).get_state())
+
+
+def philox_seed_offset(seed: int, *key: int) -> tuple[int, int]:
+    """The (seed, offset) of a Philox generator (torch's CUDA generator) for the stream (seed, *key).
+
+    128 bits of numpy's SeedSequence hash of (seed, *key): the first 64 are the Philox key
+    (``stream_seed``'s, which CUDA's ``manual_seed`` keeps whole), the next 62, times 4, the counter
+    offset (``set_offset`` wants a multiple of 4). Every bit of the seed and of each key entry counts;
+    unlike the CPU's MT19937 states, two streams are not distinct by construction: a pair shares its key
+    with probability 2^-64, and then overlaps only if their offsets lie closer than the words drawn.
+    """
+    words = _check_words(seed, key)
+    state = np.random.SeedSequence(entropy=words[0], spawn_key=words[1:]).generate_state(4, np.uint32)
+    key64 = int(state[0]) << 32 | int(state[1])
+    offset = (int(state[2]) << 32 | int(state[3])) >> 2
+    return key64, 4 * offset
+
+
+def device_stream(device, seed: int, *key: int) -> torch.Generator:
+    """A torch generator on ``device`` for the stream (seed, *key): the same draws for the same key on the
+    same device. The CPU's is ``random_stream``'s MT19937; a CUDA device's is Philox at
+    ``philox_seed_offset(seed, *key)``. Float draws from the two differ: a GPU's noise is its own."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return random_stream(seed, *key)
+    seed64, offset = philox_seed_offset(seed, *key)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed64)
+    generator.set_offset(offset)
+    return generator

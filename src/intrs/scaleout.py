@@ -47,19 +47,24 @@ class RayExecutor:
     """Computes rows on Ray workers: a local instance by default, an existing cluster given its address."""
 
     def __init__(self, address: str | None = None, workers: int | None = None):
+        if workers is not None and workers < 1:  # refused before Ray starts, not after (0 is no default)
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
         self.address, self.workers = address, workers
 
     def _start(self):
         ray = _ray()
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            try:
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            except (ValueError, ConnectionError, RuntimeError, TimeoutError) as exc:
+                # e.g. a ray:// address without the ray[client] package, or no cluster listening there
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise ConfigError(f"cannot start Ray at {self.address or 'a local instance'}: {reason}") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = self.workers or cpus
-        if workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {workers}")
+        workers = cpus if self.workers is None else self.workers
         return ray, workers, max(1, cpus // workers)
 
     def __call__(self, mode: str, system: System, data: ImageSet, settings: CertifySettings,

@@ -127,8 +127,7 @@ class SmoothedClassifier:
         remaining = int(num)
         while remaining > 0:
             size = min(self.batch_size, remaining)
-            labels = self.base(self.noise.perturb(pixels, size, generator))
-            counts += np.bincount(np.asarray(labels, dtype=np.int64), minlength=self.num_classes)[: self.num_classes]
+            counts += votes(self.base(self.noise.perturb(pixels, size, generator)), self.num_classes)
             remaining -= size
         return counts
 
@@ -182,8 +181,7 @@ class SmoothedClassifier:
         for t in steps:
             while drawn < t:
                 size = min(self.batch_size, t - drawn)
-                labels = self.base(self.noise.perturb(pixels, size, generator))
-                counts += np.bincount(np.asarray(labels, dtype=np.int64), minlength=self.num_classes)[: self.num_classes]
+                counts += votes(self.base(self.noise.perturb(pixels, size, generator)), self.num_classes)
                 drawn += size
             yield counts.copy()
 
@@ -303,15 +301,31 @@ class SmoothedClassifier:
         p_value = rule.p_value(n_top, n_second, final=k == last)
         return SequentialPrediction(top, n_top, n_second, steps[k], p_value, steps[-1])
 
-class TorchClassifier:
-    """A float PyTorch model as a base classifier: argmax of its logits, in eval mode, no gradients."""
+def votes(labels, num_classes: int) -> np.ndarray:
+    """How many of ``labels`` fall on each class 0..num_classes - 1, counted where the labels are (a GPU's
+    labels on the GPU: only the counts cross to the host)."""
+    if isinstance(labels, torch.Tensor) and labels.device.type != "cpu":
+        return torch.bincount(labels.flatten(), minlength=num_classes)[:num_classes].cpu().numpy()
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
 
-    def __init__(self, model: torch.nn.Module):
+
+class TorchClassifier:
+    """A float PyTorch model as a base classifier: argmax of its logits, in eval mode, no gradients,
+    on ``device`` (default: where the model is; a batch elsewhere is moved there)."""
+
+    device = None  # None: the batch stays where it is
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None):
+        if device is not None:
+            self.device = torch.device(device)
+            model = model.to(self.device)
         # channels-last convolutions measured ~10% faster on this project's CPUs.
         self.model = model.eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device is not None:
+            batch = batch.to(self.device)
         if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return self.model(batch).argmax(dim=1)

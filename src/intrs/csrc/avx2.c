@@ -97,11 +97,9 @@ INLINE void tile_avx2(int T, const int16_t *u, int wp, int cin2, const conv_shap
 /* Any convolution through int16 pairs: x int8 (x_is_int8) or int32 (the first layer, |x - z_in| < 2^15).
  * w: [cout_pad/16][kh*kw][cin2/2][16][2] int16, the layout of the VNNI first layer. */
 static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, const int16_t *w,
-                                      const requant_t *q, int8_t *y) {
+                                      const requant_t *q, int8_t *y, int16_t *u) {
     const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
     const int64_t block = (int64_t)s->kh * s->kw * cin2 * 16;
-    int16_t *u = (int16_t *)aligned_alloc(64, ((size_t)hp * wp * cin2 * 2 + 63) & ~(size_t)63);
-    if (!u) return ERR_MEMORY;
     int err = 0;
     const int32_t zp = (int32_t)s->input_zero_point;
     for (int b = 0; b < s->n; b++) {
@@ -134,7 +132,6 @@ static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, 
             }
         }
     }
-    free(u);
     return err;
 }
 
@@ -177,11 +174,11 @@ static int add_avx2(const op_t *op, const void *in0, const void *in1, void *out)
 }
 
 /* Plain layouts only: int8 layers and the first layer through int16 pairs (where the program offers them). */
-static int conv_avx2(const op_t *op, const void *in, void *out) {
+static int conv_avx2(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
-    if (op->kind == OP_CONV_S8) return conv_pairs_avx2(in, 1, &op->shape, op->w_pairs, op->q_pairs, out);
-    if (op->w_pairs) return conv_pairs_avx2(in, 0, &op->shape, op->w_pairs, op->q_pairs, out);
-    return intrs_conv_portable(op, in, out);
+    if (op->kind == OP_CONV_S8) return conv_pairs_avx2(in, 1, &op->shape, op->w_pairs, op->q_pairs, out, scratch);
+    if (op->w_pairs) return conv_pairs_avx2(in, 0, &op->shape, op->w_pairs, op->q_pairs, out, scratch);
+    return intrs_conv_portable(op, in, out, scratch);
 }
 
 const isa_t intrs_isa_avx2 = {ISA_AVX2, 0, conv_avx2, add_avx2, intrs_add_rescale_portable};

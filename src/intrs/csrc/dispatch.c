@@ -1,9 +1,14 @@
 /* Which instruction sets this CPU has, detected once (pthread_once: every thread sees the finished answer),
  * and the only way to their tables. Nothing here changes after detection, and no caller can change it: a
  * program carries the table it was granted, so the code that runs is fixed when the program is built. */
-#include <pthread.h>
-
 #include "kernels.h"
+
+/* Hosted x86-64 and aarch64 Linux detect features, once for all threads. Elsewhere (a microcontroller, bare
+ * metal) only the portable kernels exist, there is nothing to detect, and no thread library is needed. */
+#if defined(__x86_64__) || (defined(__aarch64__) && defined(__linux__))
+#define DETECTS 1
+#include <pthread.h>
+#endif
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -12,8 +17,10 @@
 #endif
 #endif
 
-static pthread_once_t detected = PTHREAD_ONCE_INIT;
 static int has[ISA_COUNT];
+#if DETECTS
+static pthread_once_t detected = PTHREAD_ONCE_INIT;
+#endif
 
 static void detect(void) {
     has[ISA_PORTABLE] = 1;
@@ -46,7 +53,11 @@ static const isa_t *table_of(int level) {
 
 const isa_t *intrs_isa(int level) {
     if (level < 0 || level >= ISA_COUNT) return NULL;
+#if DETECTS
     pthread_once(&detected, detect);
+#else
+    if (!has[ISA_PORTABLE]) detect();
+#endif
     return has[level] ? table_of(level) : NULL;
 }
 

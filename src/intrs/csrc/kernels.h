@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTRS_ABI 4
+#define INTRS_ABI 5
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -116,12 +116,13 @@ typedef struct {
 
 /* An instruction set's entry points. conv and add run one image of a layer op from its input slots (laid out
  * as op->from0 and op->from1) to the slot `out` (op->to; the interpreter fills its frame), returning
- * ERR_UNSUPPORTED for a layout this instruction set doesn't run; add_rescale is one ADD input's rescaling
+ * ERR_UNSUPPORTED for a layout this instruction set doesn't run; conv works in `scratch`, 64-byte aligned and
+ * conv_scratch_bytes(op, level) long, so no kernel allocates memory; add_rescale is one ADD input's rescaling
  * alone, as this instruction set computes it (for the tests). */
 typedef struct {
     int level;
     int lifted; /* runs the lifted, framed layout */
-    int (*conv)(const op_t *op, const void *in, void *out);
+    int (*conv)(const op_t *op, const void *in, void *out, void *scratch);
     int (*add)(const op_t *op, const void *a, const void *b, void *out);
     int (*add_rescale)(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out);
 } isa_t;
@@ -152,19 +153,23 @@ const isa_t *intrs_isa(int level);
 int intrs_isa_granted(const isa_t *isa);
 const char *intrs_isa_name(int level);
 
-/* program.c: a program on n images (ERR_ISA for a table dispatch.c did not grant); one ADD and one ADD input's
- * rescaling through a table (for the tests). */
+/* program.c: the memory a program needs besides its input and output (its slots and the kernels' scratch, on the
+ * program's instruction set or, for an exported model sizing its arena per target, on `level`); a program on n
+ * images in an arena of that size (64-byte aligned), or allocating it (ERR_ISA for a table dispatch.c did not
+ * grant); one ADD and one ADD input's rescaling through a table (for the tests). */
+int64_t intrs_arena_bytes(const program_t *program, int level);
+int intrs_run_in(const program_t *program, const int32_t *x, int n, int8_t *y, void *arena);
 int intrs_run(const program_t *program, const int32_t *x, int n, int8_t *y);
 int intrs_add(const isa_t *isa, const int8_t *a, const int8_t *b, int64_t count, const int64_t *params, int8_t *y);
 int intrs_add_rescale(const isa_t *isa, const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
                       int32_t *out);
 
 /* portable.c: the plain-C layers, which the other instruction sets call for what they don't vectorize. */
-int intrs_conv_portable(const op_t *op, const void *in, void *out);
+int intrs_conv_portable(const op_t *op, const void *in, void *out, void *scratch);
 int intrs_add_portable(const op_t *op, const void *a, const void *b, void *out);
 int intrs_add_rescale_portable(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift,
                                int32_t *out);
-int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y);
+int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y, int32_t *scratch);
 
 /* ------------------------------------------------------------------ scalar definitions, shared */
 
@@ -196,6 +201,23 @@ INLINE int64_t layout_row(const layout_t *l) { return (int64_t)(l->w + 2 * l->pa
 /* The first interior pixel of a tensor in its slot. */
 INLINE char *interior(const void *slot, const layout_t *l) {
     return (char *)slot + l->pad * layout_row(l) + l->pad * l->pixel;
+}
+
+/* The scratch one image of a convolution op needs on instruction set `level`, rounded up to 64 bytes: the
+ * staging copy of its input as that set's kernel lays it out (framed by the padding, channels padded to 2 as
+ * int16 or to 4 as int8 or u8), or the portable kernel's int32 accumulators,
+ * which every set falls back on. One definition for the kernels, the interpreter's arena and the memory an
+ * exported model reserves per target (intrs export --format c). */
+INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
+    const conv_shape_t *s = &op->shape;
+    const int64_t framed = (int64_t)(s->h + 2 * s->ph) * (s->w + 2 * s->pw);
+    const int64_t pairs = (s->cin + 1) & ~1, quads = (s->cin + 3) & ~3;
+    int64_t staged = 0;
+    if (level == ISA_AVX2) staged = framed * pairs * 2;
+    if (level == ISA_VNNI) staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
+    if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
+    const int64_t acc = 4 * (int64_t)s->cout_pad, bytes = staged > acc ? staged : acc;
+    return (bytes + 63) & ~(int64_t)63;
 }
 
 /* Plain int8 NHWC: no frame, no lift, pixels of c bytes. */

@@ -50,11 +50,10 @@ INLINE void tile_neon(int T, const int8_t *u, int wp, int cin4, const conv_shape
 
 /* One image of an int8 convolution (plain layouts): the input copied into a frame of z_in (TFLite's padding,
  * which contributes (z_in - z_in) w = 0) with its channels padded to 4 (they meet zero weights). */
-static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q, int8_t *y) {
+static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q, int8_t *y,
+                        int8_t *u) {
     const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
     const int64_t block = (int64_t)s->kh * s->kw * cin4 * 16;
-    int8_t *u = (int8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
-    if (!u) return ERR_MEMORY;
     int err = 0;
     for (int b = 0; b < s->n; b++) {
         for (int64_t i = 0; i < (int64_t)hp * wp; i++) {
@@ -81,14 +80,13 @@ static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w,
                 }
         }
     }
-    free(u);
     return err;
 }
 
-static int conv_neon(const op_t *op, const void *in, void *out) {
+static int conv_neon(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
-    if (op->kind == OP_CONV_S8) return conv_s8_neon(in, &op->shape, op->w_vnni, op->q_sdot, out);
-    return intrs_conv_portable(op, in, out);
+    if (op->kind == OP_CONV_S8) return conv_s8_neon(in, &op->shape, op->w_vnni, op->q_sdot, out, scratch);
+    return intrs_conv_portable(op, in, out, scratch);
 }
 
 const isa_t intrs_isa_neon = {ISA_NEON, 0, conv_neon, intrs_add_portable, intrs_add_rescale_portable};

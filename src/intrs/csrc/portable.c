@@ -2,13 +2,12 @@
  * sets call these for what they don't vectorize. */
 #include "kernels.h"
 
-/* Direct convolution with int32 accumulators over any integer input type: the portable path for every layer.
- * The caller guarantees |x - z_in| * sum|w| < 2^31, so the int32 sums are the exact ones. */
+/* Direct convolution with int32 accumulators (acc: cout_pad of them) over any integer input type: the portable
+ * path for every layer. The caller guarantees |x - z_in| * sum|w| < 2^31, so the int32 sums are the exact ones. */
 #define DEFINE_CONV_WIDE(NAME, XTYPE)                                                                           \
-    static int NAME(const XTYPE *x, const conv_shape_t *s, const int32_t *w, const requant_t *q, int8_t *y) {  \
+    static int NAME(const XTYPE *x, const conv_shape_t *s, const int32_t *w, const requant_t *q, int8_t *y,    \
+                    int32_t *acc) {                                                                            \
         int err = 0;                                                                                           \
-        int32_t *acc = (int32_t *)aligned_alloc(64, sizeof(int32_t) * s->cout_pad);                            \
-        if (!acc) return ERR_MEMORY;                                                                           \
         for (int b = 0; b < s->n; b++)                                                                         \
             for (int oy = 0; oy < s->oh; oy++)                                                                 \
                 for (int ox = 0; ox < s->ow; ox++) {                                                           \
@@ -32,17 +31,18 @@
                         out[o] = finish_scalar(requant_scalar((int64_t)acc[o] + q->offset[o], q->mult[o],      \
                                                               q->left[o], q->right[o], q->half[o], &err), q);  \
                 }                                                                                              \
-        free(acc);                                                                                             \
         return err;                                                                                            \
+                                                                                            \
     }
 
 DEFINE_CONV_WIDE(conv_wide_s8, int8_t)
 DEFINE_CONV_WIDE(conv_wide_s32, int32_t)
 
-int intrs_conv_portable(const op_t *op, const void *in, void *out) {
+int intrs_conv_portable(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
-    if (op->kind == OP_CONV_S8) return conv_wide_s8((const int8_t *)in, &op->shape, op->w_wide, op->q_wide, out);
-    return conv_wide_s32((const int32_t *)in, &op->shape, op->w_wide, op->q_wide, out);
+    if (op->kind == OP_CONV_S8)
+        return conv_wide_s8((const int8_t *)in, &op->shape, op->w_wide, op->q_wide, out, (int32_t *)scratch);
+    return conv_wide_s32((const int32_t *)in, &op->shape, op->w_wide, op->q_wide, out, (int32_t *)scratch);
 }
 
 /* TFLite's int8 AddFunc on plain tensors. */
@@ -75,10 +75,9 @@ int intrs_add_rescale_portable(const int8_t *x, int64_t count, int64_t z, int64_
     return err;
 }
 
-/* AVERAGE_POOL_2D (average != 0) or MAX_POOL_2D on one NHWC int8 image, over the real points of each window. */
-int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y) {
-    int32_t *sum = (int32_t *)malloc(sizeof(int32_t) * p->c);
-    if (!sum) return ERR_MEMORY;
+/* AVERAGE_POOL_2D (average != 0) or MAX_POOL_2D on one NHWC int8 image, over the real points of each window
+ * (sum: c int32 of scratch). */
+int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y, int32_t *sum) {
     for (int oy = 0; oy < p->oh; oy++)
         for (int ox = 0; ox < p->ow; ox++) {
             int count = 0;
@@ -106,7 +105,6 @@ int intrs_pool(const int8_t *x, const pool_shape_t *p, int8_t *y) {
                 out[k] = (int8_t)v;
             }
         }
-    free(sum);
     return 0;
 }
 

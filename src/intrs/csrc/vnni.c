@@ -277,10 +277,8 @@ static void conv_image_s8_vnni(const uint8_t *u, int wp, int pixel, const conv_s
 /* int8 NHWC convolution of s->n images through vpdpbusd; image b is written to out shifted by b images of
  * out.row * oh bytes (a framed output holds one image). */
 static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q,
-                                     out_t out) {
+                                     out_t out, uint8_t *u) {
     const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
-    uint8_t *u = (uint8_t *)aligned_alloc(64, ((size_t)hp * wp * cin4 + 63) & ~(size_t)63);
-    if (!u) return ERR_MEMORY;
     const uint8_t pad = (uint8_t)(s->input_zero_point + 128);
     const __m512i lift = _mm512_set1_epi8((char)0x80);
     __mmask8 bad = 0;
@@ -305,7 +303,6 @@ static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w,
         out.base = first + b * out.row * s->oh;
         conv_image_s8_vnni(u, wp, cin4, s, w, q, &out, &bad);
     }
-    free(u);
     return bad ? ERR_OVERFLOW : 0;
 }
 
@@ -314,11 +311,9 @@ static int conv_s8_vnni(const int8_t *x, const conv_shape_t *s, const int8_t *w,
  * (0 on the frame); w: [cout_pad/16][kh*kw][cin2/2][16][2] int16. Images follow each other in out as
  * in conv_s8_vnni. */
 static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, const int16_t *w, const requant_t *q,
-                                      out_t out) {
+                                      out_t out, int16_t *u) {
     const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw, pixel = 2 * cin2;
     const int64_t block = (int64_t)s->kh * s->kw * pixel * 16;
-    int16_t *u = (int16_t *)aligned_alloc(64, ((size_t)hp * wp * pixel + 63) & ~(size_t)63);
-    if (!u) return ERR_MEMORY;
     __mmask8 bad = 0;
     int8_t *first = out.base;
     const __m512i zero_point = _mm512_set1_epi32((int32_t)s->input_zero_point);
@@ -370,7 +365,6 @@ static int conv_s16_vnni(const int32_t *x, const conv_shape_t *s, const int16_t 
                 }
             }
     }
-    free(u);
     return bad ? ERR_OVERFLOW : 0;
 }
 
@@ -528,10 +522,10 @@ static int add_rescale_vnni(const int8_t *x, int64_t count, int64_t z, int64_t m
 /* One image of a convolution op, in any layout a VNNI program gives it: a lifted input read in place, a plain
  * int8 input lifted by a copy, or the network's int32 input as int16 pairs; the output plain or lifted and
  * framed (the interpreter fills the frame). The first layer without int16 pairs takes the portable kernel. */
-static int conv_vnni(const op_t *op, const void *in, void *out) {
+static int conv_vnni(const op_t *op, const void *in, void *out, void *scratch) {
     const layout_t *from = &op->from0, *to = &op->to;
     const conv_shape_t *s = &op->shape;
-    if (op->kind == OP_CONV_S32 && !op->w_pairs) return intrs_conv_portable(op, in, out);
+    if (op->kind == OP_CONV_S32 && !op->w_pairs) return intrs_conv_portable(op, in, out, scratch);
     const requant_t *q = op->kind == OP_CONV_S8 ? op->q_vnni : op->q_pairs;
     out_t o = {(int8_t *)interior(out, to), layout_row(to), to->pixel, to->lift};
     if (from->lift) { /* the input lies ready for vpdpbusd (only int8 tensors are lifted) */
@@ -541,8 +535,8 @@ static int conv_vnni(const op_t *op, const void *in, void *out) {
         return bad ? ERR_OVERFLOW : 0;
     }
     if (!plain(from)) return ERR_UNSUPPORTED;
-    if (op->kind == OP_CONV_S8) return conv_s8_vnni((const int8_t *)in, s, op->w_vnni, q, o);
-    return conv_s16_vnni((const int32_t *)in, s, op->w_pairs, q, o);
+    if (op->kind == OP_CONV_S8) return conv_s8_vnni((const int8_t *)in, s, op->w_vnni, q, o, scratch);
+    return conv_s16_vnni((const int32_t *)in, s, op->w_pairs, q, o, scratch);
 }
 
 const isa_t intrs_isa_vnni = {ISA_VNNI, 1, conv_vnni, add_vnni, add_rescale_vnni};
