@@ -121,3 +121,24 @@ def digits_int_models(digits_checkpoint, tmp_path_factory):
                                                        eval_images=100))
         paths[method] = save_integer_model(model, out / f"{method}.npz")
     return paths
+
+
+def build_calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
+    """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what the
+    kernel-exactness checks need (none depends on what was learned). Seeds torch's global generator."""
+    from intrs.models import ModelConfig, build_model
+    from intrs.quant import prepare
+
+    torch.manual_seed(seed)
+    channels = shape[0]
+    model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
+    quantizer = prepare(model, shape)
+    with torch.no_grad():
+        quantizer(torch.randint(0, 256, (64, *shape)).float())
+    return model, quantizer.to_integer_model()
+
+
+@pytest.fixture
+def calibrated_resnet20():
+    """``build_calibrated_resnet20``, called by the test with its shape and seed: (float model, integer model)."""
+    return build_calibrated_resnet20

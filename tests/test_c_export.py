@@ -174,9 +174,7 @@ def test_host_certify_and_predict_equal_the_python_api_on_trained_models(digits_
         _agree(tree, model, facts, images, labels, seed=2 ** 63 + 5, first=0, step=1)
 
 
-def test_host_certify_on_a_resnet20_equals_the_python_api(tmp_path):
-    from intrs.bench import calibrated_resnet20
-
+def test_host_certify_on_a_resnet20_equals_the_python_api(tmp_path, calibrated_resnet20):
     _, model = calibrated_resnet20((1, 28, 28), seed=3)
     tree = tmp_path / "resnet20"
     settings = dict(SMALL, n0=8, n=40, batch=16)

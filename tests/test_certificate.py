@@ -251,3 +251,22 @@ def test_certificate_radius_never_exceeds_the_exact_radius_of_the_exact_clopper_
                         if tail > alpha:
                             over.append((count, n, alpha, sigma, radius))
     assert checked > 400 and not over, (checked, len(over), over[:3])
+
+
+@pytest.mark.parametrize("name", ["gaussian", "rounded-gaussian", "discrete-gaussian"])
+def test_each_noise_law_states_its_certificate_and_a_run_records_it(name, tmp_path):
+    """The noise law owns its certificate: its status is CERTIFICATE_STATUS's, and a run's sidecar says it."""
+    import json
+
+    from intrs.certificate import CERTIFICATE_STATUS
+    from intrs.certification import CertifySettings, run
+    from intrs.data import load_dataset
+    from intrs.noise import noise_law
+    from intrs.results import metadata_path
+    from intrs.systems import System
+
+    noise = noise_law(name, 0.25)
+    assert noise.certificate_status == CERTIFICATE_STATUS[name]
+    system = System("test", noise, lambda batch: None, 10)  # max_images=0: the base classifier is never called
+    out = run("certify", system, load_dataset("digits", "test"), CertifySettings(max_images=0), tmp_path / "r.tsv")
+    assert json.loads(metadata_path(out).read_text())["certificate_status"] == CERTIFICATE_STATUS[name]

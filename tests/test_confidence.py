@@ -228,3 +228,12 @@ int main(void) {  /* per path: the counts after each step on one line; prints th
         assert line == f"{steps.index(cert.n)} {letters}", (path[-1], line, cert)
         certified = [r for r, how in cert.decisions if how == CERTIFIED]
         assert cert.radius >= (certified[-1] if certified else 0.0)
+
+
+@pytest.mark.parametrize("alpha,classes", [(0.001, 10), (0.05, 2), (0.01, 7)])
+def test_predict_tables_at_once_equal_the_rule_count_by_count(alpha, classes):
+    """tables() computes the last step's test for every m at once (binom.isf, checked); decide_at is the rule."""
+    rule = PredictThresholds(alpha, classes)
+    decide, final = rule.tables(1500)
+    assert [rule.decide_at(m) for m in range(1501)] == decide.tolist()
+    assert [rule.decide_at(m, final=True) for m in range(1501)] == final.tolist()

@@ -52,8 +52,9 @@ def test_verify_export_rejects_corrupt_and_mismatched_files(capsys, tmp_path, di
     bad.write_bytes(b"\x00" * 64)
     code, _, err = run_cli(capsys, "verify-export", bad, tmp_path / "qat.intrs.npz", "--inputs", 10)
     assert_one_line_error(code, err, "LiteRT cannot run")
+    # the file export --saturate wrote beside it is what the .tflite computes: the error names it
     code, _, err = run_cli(capsys, "verify-export", tmp_path / "qat.tflite", digits_int_models["qat"], "--inputs", 10)
-    assert_one_line_error(code, err, "does not fit int8")
+    assert_one_line_error(code, err, "qat.intrs.npz")
     code, stdout, err = run_cli(capsys, "verify-export", other, tmp_path / "qat.intrs.npz", "--inputs", 100)
     assert code == 1 and "does not compute the certified integers" in stdout
     assert stdout.strip().splitlines()[-1].startswith("FAIL")
@@ -85,3 +86,27 @@ def test_a_missing_optional_package_is_one_line_naming_its_extra(capsys, tmp_pat
     code, _, err = run_cli(capsys, "export", digits_int_models["qat"], "--format", "onnx", "--table-n", 0, "--out", out)
     assert_one_line_error(code, err, "pip install 'intrs[export]'")
     assert not out.exists()
+
+
+def test_litert_log_lines_stay_off_the_terminal(capfd, tmp_path, digits_int_models):
+    """LiteRT's C++ writes "INFO: Created TensorFlow Lite XNNPACK delegate" to file descriptor 2 (issue 15)."""
+    from intrs.cli import main
+
+    out = tmp_path / "m.tflite"
+    assert main(["export", str(digits_int_models["qat"]), "--format", "tflite", "--saturate", "--table-n", "0",
+                 "--out", str(out)]) == 0
+    assert main(["verify-export", str(out), str(tmp_path / "m.intrs.npz"), "--inputs", "20"]) == 0
+    captured = capfd.readouterr()
+    assert "XNNPACK" not in captured.err and "INFO:" not in captured.err
+    assert captured.out.strip().splitlines()[-1].startswith("PASS")
+
+
+def test_a_second_export_beside_the_first_keeps_its_radius_header(capsys, tmp_path, digits_int_models):
+    """Issue 15: the ONNX export overwrote the .radius.h the TFLite export had written beside the same stem."""
+    code, _, _ = run_cli(capsys, "export", digits_int_models["qat"], "--format", "tflite", "--saturate",
+                         "--table-n", 300, "--out", tmp_path / "m.tflite")
+    header = (tmp_path / "m.radius.h").read_text()
+    code, _, err = run_cli(capsys, "export", digits_int_models["qat"], "--format", "onnx", "--table-n", 500,
+                           "--out", tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "m.radius.h already exists", "--force")
+    assert (tmp_path / "m.radius.h").read_text() == header and not (tmp_path / "m.onnx").exists()

@@ -105,10 +105,8 @@ def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_resnet20_through_the_kernels_equals_the_reference(isa, shape):
+def test_resnet20_through_the_kernels_equals_the_reference(isa, shape, calibrated_resnet20):
     """The real network's shapes: every specialized tile (16, 14, 8, 7 pixels; strides 1 and 2)."""
-    from intrs.bench import calibrated_resnet20
-
     _, integer = calibrated_resnet20(shape)
     z = torch.randint(-300, 560, (6, *shape), dtype=torch.int32)
     assert torch.equal(kernels.forward(integer, engine.check_input(integer, z), isa),

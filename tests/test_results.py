@@ -208,3 +208,33 @@ def test_a_run_killed_while_writing_its_header_starts_afresh_on_resume(tmp_path)
         assert writer.done == set()
         writer.write(row(0))
     assert [r["idx"] for r in read_results(out)] == ["0"]
+
+
+def test_information_only_settings_are_not_compared_on_resume(tmp_path):
+    """A run begun before its sidecar recorded the certificate status (or under another wording) resumes."""
+    out = tmp_path / "r.tsv"
+    with ResultWriter(out, COLUMNS, {"n": 10}) as writer:
+        writer.write(row(0))
+    with ResultWriter(out, COLUMNS, {"n": 10, "certificate_status": "proven."}, resume=True) as writer:
+        assert writer.done == {0}
+    with pytest.raises(OutputExistsError, match="other settings \\(n differ\\)"):
+        ResultWriter(out, COLUMNS, {"n": 20, "certificate_status": "proven."}, resume=True).__enter__()
+
+
+@pytest.mark.parametrize("mode", ["certify", "predict"])
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_rows_keys_are_its_files_columns(mode, sequential):
+    """certification's rows and results' columns name the same fields: the columns are defined once."""
+    from types import SimpleNamespace
+
+    from intrs.certification import ROW_FUNCTIONS, CertifySettings
+    from intrs.results import result_columns
+
+    answer = SimpleNamespace(prediction=1, counts_top=9, counts_second=1, n=10, p_lower=0.6, p_upper=0.9,
+                             p_value=0.01, radius=0.1, max_n=20, stop="decided", decisions=[(0.1, "certified")])
+    smoothed = SimpleNamespace(**{name: lambda *args: answer for name in
+                                  ("certify", "certify_sequential", "predict", "predict_sequential")})
+    system = SimpleNamespace(name="test", noise=SimpleNamespace(sigma=0.25, name="gaussian"))
+    settings = CertifySettings(sequential=sequential, radii=(0.1,) if sequential and mode == "certify" else None)
+    row = ROW_FUNCTIONS[mode](system, smoothed, None, 1, 0, settings)
+    assert sorted(row) == sorted(result_columns(mode, sequential))

@@ -50,9 +50,7 @@ def test_torch_engine_equals_the_reference_on_the_kernel_tests_random_models(dev
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_torch_engine_equals_the_reference_on_a_resnet20(device, shape):
-    from intrs.bench import calibrated_resnet20
-
+def test_torch_engine_equals_the_reference_on_a_resnet20(device, shape, calibrated_resnet20):
     _, integer = calibrated_resnet20(shape)
     z = torch.randint(-300, 560, (6, *shape), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
     logits = TorchEngine(integer, device).forward(z)

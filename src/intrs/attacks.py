@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .data import PIXEL_MAX
 from .errors import ConfigError
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -80,15 +81,15 @@ def to_pixel_grid(adversarial: torch.Tensor, clean_pixels: torch.Tensor, eps: fl
     float rounding (corrected here exactly, in integers), in the eps ball.
     """
     clean = clean_pixels.to(torch.int64)
-    steps = torch.trunc(adversarial.to(torch.float64) * 255 - clean.to(torch.float64)).to(torch.int64)
+    steps = torch.trunc(adversarial.to(torch.float64) * PIXEL_MAX - clean.to(torch.float64)).to(torch.int64)
     if norm == "linf":
-        bound = int(eps * 255 + 1e-9)
+        bound = int(eps * PIXEL_MAX + 1e-9)
         steps = steps.clamp(-bound, bound)
     else:
-        limit = (eps * 255) ** 2 + 1e-9
+        limit = (eps * PIXEL_MAX) ** 2 + 1e-9
         for i in range(len(steps)):
             flat = steps[i].view(-1)
             while int((flat * flat).sum()) > limit:  # rare: shrink the largest step by one
                 j = int(flat.abs().argmax())
                 flat[j] -= int(flat[j].sign())
-    return (clean + steps).clamp(0, 255).to(torch.uint8)
+    return (clean + steps).clamp(0, PIXEL_MAX).to(torch.uint8)

@@ -28,6 +28,7 @@ from .noise import DiscreteGaussianNoise, GaussianNoise
 from .quant import prepare
 from .smoothing import SmoothedClassifier, TorchClassifier
 from .systems import IntegerClassifier
+from .tables import markdown_table
 
 
 @dataclass
@@ -126,8 +127,8 @@ def intrs_on(device: torch.device) -> str:
 
 
 def calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
-    """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what speed and
-    kernel-exactness checks need (neither depends on what was learned)."""
+    """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what a speed
+    measurement needs (it does not depend on what was learned). The tests build their own (tests/conftest.py)."""
     torch.manual_seed(seed)
     channels = shape[0]
     model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
@@ -235,15 +236,13 @@ def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
 
 
 def format_table(results: list[Measurement], noise: dict) -> str:
-    lines = ["| contender | device | input | batch | samples/s | vs PyTorch fp32 | vs fastest fp32 | noise share | "
-             "peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.contender} | {r.device} | {'x'.join(map(str, r.input_shape))} | {r.batch} | "
-                     f"{r.samples_per_second:,.0f} | {r.ratio_to_float:.2f} | {r.ratio_to_fastest_float:.2f} | "
-                     f"{r.noise_share:.0%} | {r.peak_rss_mib:,.0f} |")
-    lines += ["", "| noise sampler | draws/s |", "|---|---|"]
-    lines += [f"| {name} | {rate:,.0f} |" for name, rate in noise.items()]
-    return "\n".join(lines) + "\n"
+    header = ["contender", "device", "input", "batch", "samples/s", "vs PyTorch fp32", "vs fastest fp32",
+              "noise share", "peak RSS MiB"]
+    rows = [[r.contender, r.device, "x".join(map(str, r.input_shape)), r.batch, f"{r.samples_per_second:,.0f}",
+             f"{r.ratio_to_float:.2f}", f"{r.ratio_to_fastest_float:.2f}", f"{r.noise_share:.0%}",
+             f"{r.peak_rss_mib:,.0f}"] for r in results]
+    return (markdown_table(header, rows) + "\n"
+            + markdown_table(["noise sampler", "draws/s"], [[name, f"{rate:,.0f}"] for name, rate in noise.items()]))
 
 
 def machine(device: torch.device | None = None) -> dict:

@@ -30,7 +30,8 @@ import numpy as np
 from . import kernels
 from .certificate import certifying_from, radius_table
 from .confidence import PredictThresholds, batch_schedule, check_radii, predict_thresholds, radius_tables
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .files import describe_os_error
 from .intmodel import IntegerModel
 from .noise import PIXEL_MAX, LatticeNoise
 
@@ -65,7 +66,7 @@ class CSettings:
     alpha: float = 0.001
     max_n: int = 100_000
     predict_n: int = 10_000
-    predict_max_n: int = 10_000  # sequential PREDICT's budget: its tables take ~1.4 s per 1,000 samples to make
+    predict_max_n: int = 10_000  # sequential PREDICT's budget: 2 x 40 KB of tables (8 s and 800 KB at 100,000)
     batch: int = 1000
     radii: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 
@@ -187,6 +188,8 @@ def export_c(model: IntegerModel, settings: CSettings, out: Path, force: bool = 
     """Writes the C tree for ``model`` under ``out`` and returns its facts (sizes per target, settings)."""
     settings = settings.check()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file: a C export is a folder, choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"{out} exists and is not empty: pass --force to overwrite it, or choose another --out")
     lib = kernels.library()
@@ -247,9 +250,39 @@ def export_c(model: IntegerModel, settings: CSettings, out: Path, force: bool = 
         len(table.values) + len(table.guide) + len(radii_table) + len(steps) + len(predict_steps) + len(fixed_radii)
         + len(predict_at) + len(decide) + len(final) + 3 * seq.certify_at.size)
 
-    staging = out.with_name(out.name + ".tmp") if out.exists() else out
-    if staging != out and staging.exists():
+    # the tree is written beside its place and renamed into it: a failed export (a full disk) leaves no
+    # half-written tree under the final name
+    staging = out.with_name(f".{out.name}.tmp")
+    try:
+        _write_tree(staging, model, program, settings, table, arena, first, radii_table, steps, predict_steps,
+                    fixed_radii, low, high, network, tables)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {out}: {describe_os_error(exc)}") from None
+    facts = {"format": "c", "system": settings.system, "noise": settings.noise.name, "sigma": sigma,
+             "n0": settings.n0, "n": n, "alpha": alpha, "max_n": settings.max_n, "predict_n": settings.predict_n,
+             "predict_max_n": settings.predict_max_n,
+             "batch": settings.batch, "radii": list(seq.radii), "certifying_from": first,
+             "input_shape": [c, h, w], "classes": model.num_classes,
+             "constant_bytes": {t: const_bytes[t] + table_bytes for t in const_bytes},
+             "model_bytes": const_bytes, "table_bytes": table_bytes,
+             "arena_bytes": arena, "buffer_bytes": c * h * w * (8 + 4 * 3 + 1) + model.num_classes}
+    try:
+        (staging / "export.json").write_text(json.dumps(facts, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {out}: {describe_os_error(exc)}") from None
+    return facts
+
+
+def _write_tree(staging: Path, model, program, settings, table, arena, first, radii_table, steps, predict_steps,
+                fixed_radii, low, high, network, tables) -> None:
+    if staging.exists():
         shutil.rmtree(staging)
+    c, h, w = model.input_shape
     (staging / "kernels").mkdir(parents=True, exist_ok=True)
     (staging / "cortex-m").mkdir(exist_ok=True)
     for name in KERNEL_SOURCES:
@@ -270,19 +303,6 @@ def export_c(model: IntegerModel, settings: CSettings, out: Path, force: bool = 
         f"noise table and decision tables.\n * Written by intrs export --format c; regenerate it rather than edit it. */\n"
         f"#include <stddef.h>\n\n#include \"intrs_device.h\"\n#include \"model.h\"\n\n{guards}\n{network}\n"
         + "".join(tables))
-    facts = {"format": "c", "system": settings.system, "noise": settings.noise.name, "sigma": sigma,
-             "n0": settings.n0, "n": n, "alpha": alpha, "max_n": settings.max_n, "predict_n": settings.predict_n,
-             "predict_max_n": settings.predict_max_n,
-             "batch": settings.batch, "radii": list(seq.radii), "certifying_from": first,
-             "input_shape": [c, h, w], "classes": model.num_classes,
-             "constant_bytes": {t: const_bytes[t] + table_bytes for t in const_bytes},
-             "model_bytes": const_bytes, "table_bytes": table_bytes,
-             "arena_bytes": arena, "buffer_bytes": c * h * w * (8 + 4 * 3 + 1) + model.num_classes}
-    (staging / "export.json").write_text(json.dumps(facts, indent=2) + "\n")
-    if staging != out:
-        shutil.rmtree(out)
-        staging.rename(out)
-    return facts
 
 
 def _arena_bytes(lib, program, level: int) -> int:

@@ -16,8 +16,7 @@ from typing import Iterator
 from .data import ImageSet
 from .confidence import batch_schedule, check_radii
 from .rng import check_seed
-from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, SEQUENTIAL_PREDICT_COLUMNS,
-                      ResultWriter, format_radius, format_upper)
+from .results import ResultWriter, format_radius, format_upper, result_columns
 from .errors import ConfigError
 from .smoothing import check_alpha, check_sample_sizes
 from .systems import System
@@ -86,7 +85,8 @@ def select_indices(count: int, skip: int = 1, max_images: int | None = None) -> 
 
 
 def certify_row(system: System, smoothed, pixels, label: int, idx: int, settings: CertifySettings) -> dict:
-    """CERTIFY one image (sequential CERTIFY if the settings say so); the row in Cohen's columns first.
+    """CERTIFY one image (sequential CERTIFY if the settings say so); the row in Cohen's columns first,
+    keyed by ``results.result_columns('certify', settings.sequential)`` (tests/test_results.py checks it).
 
     A sequential row's n is the estimation samples it used; max_n, pA_upper, stop and decisions follow."""
     start = time.perf_counter()
@@ -152,9 +152,7 @@ def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, ou
     if mode not in ROW_FUNCTIONS:
         raise ConfigError(f"mode must be 'certify' or 'predict', got {mode!r}")
     settings.check(mode)
-    columns = {("certify", False): CERTIFY_COLUMNS, ("predict", False): PREDICT_COLUMNS,
-               ("certify", True): SEQUENTIAL_CERTIFY_COLUMNS,
-               ("predict", True): SEQUENTIAL_PREDICT_COLUMNS}[mode, settings.sequential]
+    columns = result_columns(mode, settings.sequential)
     run_settings = {"mode": mode, "system": system.name, "noise": system.noise.name, "sigma": system.noise.sigma,
                     "dataset": data.info.name, "split": data.split, **settings.recorded(), **(provenance or {})}
     float_device = getattr(system.noise, "device", None) if system.noise.name == "gaussian" else None
@@ -162,6 +160,9 @@ def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, ou
         # a GPU's float rows are its own (docs/gpu.md): a run resumes on the device it began on. Integer
         # rows are the same on every device, and CPU runs keep the settings they always had.
         run_settings["device"] = float_device.type
+    status = getattr(system.noise, "certificate_status", None)  # a NoiseLaw of the caller's own may not say
+    if status is not None:  # recorded for the reader, never compared on resume (results.INFORMATION_ONLY)
+        run_settings["certificate_status"] = status
     indices = select_indices(len(data), settings.skip, settings.max_images)
     with ResultWriter(out, columns, run_settings, force=force, resume=resume) as writer:
         todo = [i for i in indices if i not in writer.done]

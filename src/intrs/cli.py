@@ -397,8 +397,8 @@ def predict_command(systems, checkpoint, int_model, ptq_model, noise, sigma, dat
 @click.option("--max-n", type=int, help="c: sequential CERTIFY's budget [default: 100,000].")
 @click.option("--radii", help="c: the radii sequential CERTIFY decides [default: 0.25,0.5,0.75,1.0].")
 @click.option("--predict-n", type=int, help="c: PREDICT's samples, fixed n [default: 10,000].")
-@click.option("--predict-max-n", type=int, help="c: sequential PREDICT's budget [default: 10,000; its tables take "
-              "about 1.4 s per 1,000 to make].")
+@click.option("--predict-max-n", type=int, help="c: sequential PREDICT's budget [default: 10,000; its tables "
+              "hold 8 bytes per sample].")
 @click.option("--batch", type=int, help="c: noisy copies per batch, as intrs certify --batch [default: 1000].")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export_command(model_path, fmt, out, saturate, table_n, table_alpha, system, noise, sigma, n0, n, alpha, max_n,
@@ -441,12 +441,14 @@ def export_command(model_path, fmt, out, saturate, table_n, table_alpha, system,
     for path in written + ([header_path] if header_path else []):
         if path.exists() and not force:
             raise OutputExistsError(f"{path} already exists: pass --force to overwrite it")
+    from .files import write_atomically, write_text_atomically
+
+    check_output(out)
     content = export_model(model, fmt)
     header = radius_table_header(table_n, table_alpha, model.meta["sigma"]) if table_n else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(content)
+    write_atomically(out, lambda handle: handle.write(content))  # a full disk leaves no 0-byte file behind
     if header:
-        header_path.write_text(header)
+        write_text_atomically(header_path, header)
         click.echo(f"wrote {header_path}: radius for every vote count, n={table_n}, "
                    f"alpha={table_alpha:g}, sigma={model.meta['sigma']:g}")
     if len(written) > 1:
@@ -494,6 +496,10 @@ def verify_export_command(file, model_path, count, images, sigma, data_dir, seed
     if count < 1:
         raise ConfigError(f"--inputs must be at least 1, got {count}")
     model = load_integer_model(model_path)
+    saturating = Path(file).with_suffix(".intrs.npz")
+    if Path(file).suffix == ".tflite" and model.input_saturation is None and saturating.is_file():
+        raise ConfigError(f"{file} computes the variant that saturates its input, which 'intrs export --saturate' "
+                          f"wrote beside it: verify (and certify) {saturating}, not {model_path}")
     z = noisy_test_inputs(model, count, sigma, seed, data_dir)
     report = verify_export(file, model, z, sigma if sigma is not None else model.meta.get("sigma"))
     click.echo(report.to_markdown(), nl=False)
@@ -551,8 +557,12 @@ def radius_table_command(n, alpha, sigma, fraction_bits, radii, max_n, batch, pr
     table_path = out.with_suffix(".npy")
     if table_path.exists() and not force:
         raise OutputExistsError(f"{table_path} already exists: pass --force to overwrite it")
-    out.write_text(radius_table_header(n, alpha, sigma, fraction_bits, sequential, predict))
-    np.save(table_path, radius_table(n, alpha, sigma, fraction_bits).astype(np.int32))
+    from .files import write_atomically, write_text_atomically
+
+    check_output(out)
+    write_text_atomically(out, radius_table_header(n, alpha, sigma, fraction_bits, sequential, predict))
+    table = radius_table(n, alpha, sigma, fraction_bits).astype(np.int32)
+    write_atomically(table_path, lambda handle: np.save(handle, table))
     click.echo(f"wrote {table_path}: R[nA] for nA = 0..{n} as int32 (0 below the first certifying count)")
     extra = (f"; sequential CERTIFY at r = {', '.join(f'{r:g}' for r in sequential.radii)} over "
              f"{len(sequential.bounds.steps)} steps" if sequential else "")

@@ -509,9 +509,18 @@ class PredictThresholds:
         return min(1.0, max(self.classes - 1, 1) * min(values))
 
     def tables(self, max_n: int) -> tuple[np.ndarray, np.ndarray]:
-        """decide_at for m = 0..max_n, at the steps before the last and at the last step."""
-        return tuple(np.array([self.decide_at(m, final) for m in range(int(max_n) + 1)], dtype=np.int64)
-                     for final in (False, True))
+        """decide_at for m = 0..max_n, at the steps before the last and at the last step (the last step's
+        test for every m at once: ``_test_thresholds``)."""
+        decide = np.array([self.decide_at(m) for m in range(int(max_n) + 1)], dtype=np.int64)
+        return decide, np.minimum(decide, _test_thresholds(self.pair_alpha, int(max_n)))
+
+
+def _test_passes(s: int, m: int, test_alpha: float) -> bool:
+    """The last step's exact one-sided test: P[Bin(m, 1/2) >= s] <= test_alpha (float64 unless within 1e-9)."""
+    fast = float(binom.sf(s - 1, m, 0.5))
+    if abs(fast - test_alpha) > 1e-9 * test_alpha:
+        return fast <= test_alpha
+    return binomial_tail_at_most(s, m, 0.5, test_alpha)
 
 
 @lru_cache(maxsize=1 << 20)
@@ -519,15 +528,33 @@ def _predict_threshold(pair_alpha: float, m: int, final: bool) -> int:
     if m == 0:
         return 1
     cs_alpha, test_alpha = pair_alpha * CS_SHARE, pair_alpha * (1 - CS_SHARE)
-    level = -math.log(cs_alpha)
     lo = m // 2 + 1  # nA > m / 2
-    found = _threshold(lo, m, lambda s: log_mixture(s, m, 0.5) >= level,
-                       lambda s: excludes(s, m, 0.5, cs_alpha))
     if final:
-        def exact_test(s: int) -> bool:
-            fast = float(binom.sf(s - 1, m, 0.5))
-            if abs(fast - test_alpha) > 1e-9 * test_alpha:
-                return fast <= test_alpha
-            return binomial_tail_at_most(s, m, 0.5, test_alpha)
-        found = min(found, _threshold(lo, m, lambda s: float(binom.sf(s - 1, m, 0.5)) <= test_alpha, exact_test))
-    return found
+        return min(_predict_threshold(pair_alpha, m, False),
+                   _threshold(lo, m, lambda s: float(binom.sf(s - 1, m, 0.5)) <= test_alpha,
+                              lambda s: _test_passes(s, m, test_alpha)))
+    level = -math.log(cs_alpha)
+    return _threshold(lo, m, lambda s: log_mixture(s, m, 0.5) >= level, lambda s: excludes(s, m, 0.5, cs_alpha))
+
+
+def _test_thresholds(pair_alpha: float, max_n: int) -> np.ndarray:
+    """For m = 0..max_n at once, the least nA in (m / 2, m] passing the last step's test (m + 1: none), as
+    ``_predict_threshold``'s final part gives it m by m: candidates from binom.isf, confirmed by the float64 tail
+    at the candidate and one below where both lie more than 1e-9 from the level, the rest m by m."""
+    test_alpha = pair_alpha * (1 - CS_SHARE)
+    m = np.arange(max_n + 1)
+    lo = m // 2 + 1
+    k = np.maximum(binom.isf(test_alpha, np.maximum(m, 1), 0.5) + 1, lo)
+    k = np.where(m == 0, 1, np.minimum(np.nan_to_num(k, nan=0, posinf=0), m + 1)).astype(np.int64)
+    at, below = binom.sf(k - 1, m, 0.5), binom.sf(k - 2, m, 0.5)
+    clear = lambda tail: np.abs(tail - test_alpha) > 1e-9 * test_alpha
+    passes_at = (k > m) | (clear(at) & (at <= test_alpha))
+    fails_below = (k - 1 < lo) | (clear(below) & (below > test_alpha))
+    # k = m + 1 claims that nA = m fails: that is the check one below
+    passes_at = np.where(k > m, True, passes_at)
+    table = k.copy()
+    for i in np.flatnonzero(~(passes_at & fails_below) & (m > 0)):
+        total = int(m[i])
+        table[i] = _threshold(total // 2 + 1, total, lambda s: float(binom.sf(s - 1, total, 0.5)) <= test_alpha,
+                              lambda s: _test_passes(s, total, test_alpha))
+    return table

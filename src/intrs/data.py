@@ -19,6 +19,7 @@ import torch
 
 from .errors import DataError
 
+PIXEL_MAX = 255  # an 8-bit pixel p lies in {0..255}; the real image is p / 255 (SPEC section 1)
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 CALTECH_BACKGROUND = "BACKGROUND_Google"
 CALTECH_NUM_CLASSES = 101
@@ -293,7 +294,7 @@ def _load_digits(split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise DataError("the digits data set needs scikit-learn: pip install scikit-learn") from None
     bunch = load_digits()
-    pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    pixels = np.rint(bunch.images * (PIXEL_MAX / 16.0)).astype(np.uint8)[:, None, :, :]
     train, test = split_indices(len(pixels), seed)
     chosen = train if split == "train" else test
     return pixels[chosen], bunch.target[chosen]
@@ -369,4 +370,4 @@ def _pixel_values(tensor: torch.Tensor) -> torch.Tensor:
         raise DataError("the image has NaN or infinite pixels: clean the input first")
     if tensor.min() < 0 or tensor.max() > 1:
         raise DataError(f"float pixels must lie in [0, 1], got [{float(tensor.min()):.4g}, {float(tensor.max()):.4g}]")
-    return torch.round(tensor * 255).to(torch.uint8)
+    return torch.round(tensor * PIXEL_MAX).to(torch.uint8)

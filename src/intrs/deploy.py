@@ -27,6 +27,7 @@ from .intmodel import IntegerModel
 from .noise import DiscreteGaussianNoise, numpy_generator
 from .rng import STAGE_EVAL, stream_seed
 from .systems import check_integer_model_fits
+from .tables import markdown_table
 
 FILE_FORMATS = ("tflite", "onnx")
 FORMATS = FILE_FORMATS + ("c",)  # c: a source tree that certifies on the device (intrs.c_export)
@@ -85,14 +86,11 @@ class VerifyReport:
         return self.results[0].logit_mismatches == 0
 
     def to_markdown(self) -> str:
-        lines = [f"verify-export {self.file} ({self.format}), requantization {self.requantization}, "
-                 f"discrete Gaussian noise sigma={self.sigma:g}", "",
-                 "| runtime | inputs | int8 logits identical | predictions identical | logit mismatches |",
-                 "|---|---|---|---|---|"]
-        for r in self.results:
-            lines.append(f"| {r.runtime} | {r.inputs} | {r.identical_logits:.6f} | {r.identical_predictions:.6f} "
-                         f"| {r.logit_mismatches} of {r.logits} |")
-        return "\n".join(lines) + "\n"
+        header = ["runtime", "inputs", "int8 logits identical", "predictions identical", "logit mismatches"]
+        rows = [[r.runtime, r.inputs, f"{r.identical_logits:.6f}", f"{r.identical_predictions:.6f}",
+                 f"{r.logit_mismatches} of {r.logits}"] for r in self.results]
+        return (f"verify-export {self.file} ({self.format}), requantization {self.requantization}, "
+                f"discrete Gaussian noise sigma={self.sigma:g}\n\n" + markdown_table(header, rows))
 
 
 def noisy_test_inputs(model: IntegerModel, count: int, sigma: float | None, seed: int, data_dir=None) -> torch.Tensor:

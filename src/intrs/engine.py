@@ -18,11 +18,10 @@ import torch.nn.functional as F
 
 from . import kernels
 from .errors import ConfigError
-from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
+from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 INT8_MIN, INT8_MAX = -128, 127
-ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD lifts both inputs by 2^20 before rescaling them
 _SPLIT_BITS = 7  # a wide input is split as hi * 2^7 + lo with lo in [0, 127] for int8 x int8 products
 
 

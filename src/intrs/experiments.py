@@ -25,21 +25,22 @@ from .attacks import pgd, to_pixel_grid
 from .certification import CertifySettings, run
 from .checkpoint import Checkpoint, load_checkpoint
 from .choices import EXPERIMENTS
-from .data import ImageSet, load_dataset
+from .data import PIXEL_MAX, ImageSet, load_dataset
 from .errors import ConfigError, OutputExistsError
 from .files import check_output, write_atomically, write_text_atomically
 from .intmodel import IntegerModel, load_integer_model, save_integer_model
-from .noise import PIXEL_MAX, DiscreteGaussianNoise, GaussianNoise, numpy_generator
+from .noise import DiscreteGaussianNoise, GaussianNoise, numpy_generator
 from .progress import Progress, no_progress
 from .quant import QuantModel, QuantizeConfig, quantize
-from .report import certified_accuracy
-from .results import read_results
+from .results import certified_accuracy, radius_grid, read_results
 from .rng import random_stream, stream_seed
 from .systems import make_system
+from .tables import markdown_table
 from .training import CHECKPOINT_NAME, TrainConfig, train
 
 SYSTEM_LABELS = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
 STAGE_ATTACK = 40  # random streams of the attacks: (seed, STAGE_ATTACK, eps index)
+REFERENCE_SIGMA = 0.25  # the paper's one sigma for Table 1, Figure 11 and the attacks (train = certify sigma)
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def save_figure(fig, path: Path, dpi: int) -> None:
     """A matplotlib figure as a PNG, written atomically."""
     write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _plt():
@@ -244,7 +239,7 @@ class Reproduction:
     # ------------------------------------------------------------ Table 1: PREDICT against n
 
     def run_table1(self, folder: Path) -> None:
-        p, sigma = self.preset, 0.25
+        p, sigma = self.preset, REFERENCE_SIGMA
         rows = []
         for n in p.table1_ns:
             row = [n]
@@ -306,7 +301,7 @@ class Reproduction:
 
     def run_certify_sigma(self, folder: Path) -> None:
         p = self.preset
-        radii = [round(0.25 * i, 2) for i in range(1, int(p.max_radius / 0.25) + 1)]
+        radii = radius_grid(p.max_radius)[1:]  # r = 0 is the clean accuracy: Tables 2/3 start at 0.25
         entries = []
         for name in ("floatrs-fp", "intrs-quant", "floatrs-quant"):
             for sigma in p.sigmas:
@@ -322,15 +317,15 @@ class Reproduction:
             self._accuracy_figure(folder / f"certified_accuracy_{name}.png",
                                   [(f"sigma = {e[1].split('= ')[1]}", e[2]) for e in entries
                                    if e[0] == SYSTEM_LABELS[name]], f"{SYSTEM_LABELS[name]} on {p.dataset}")
-        self._accuracy_figure(folder / "certified_accuracy_sigma0.25.png",
-                              [(e[0], e[2]) for e in entries if e[1] == "sigma = 0.25"],
-                              f"sigma = 0.25 on {p.dataset}: the three systems")
+        self._accuracy_figure(folder / f"certified_accuracy_sigma{REFERENCE_SIGMA:g}.png",
+                              [(e[0], e[2]) for e in entries if e[1] == f"sigma = {REFERENCE_SIGMA:.2f}"],
+                              f"sigma = {REFERENCE_SIGMA} on {p.dataset}: the three systems")
 
     # ------------------------------------------------------------ Tables 4 and 5: train sigma != certify sigma
 
     def run_sigma_mismatch(self, folder: Path) -> None:
         p = self.preset
-        radii = [round(0.25 * i, 2) for i in range(1, int(p.mismatch_max_radius / 0.25) + 1)]
+        radii = radius_grid(p.mismatch_max_radius)[1:]
         entries = []
         for train_sigma in p.mismatch_train_sigmas:
             for name in ("floatrs-fp", "intrs-quant"):
@@ -347,8 +342,8 @@ class Reproduction:
     # ------------------------------------------------------------ Figure 11: alpha
 
     def run_alpha(self, folder: Path) -> None:
-        p, sigma = self.preset, 0.25
-        radii = [round(0.25 * i, 2) for i in range(0, int(p.max_radius / 0.25) + 1)]
+        p, sigma = self.preset, REFERENCE_SIGMA
+        radii = radius_grid(p.max_radius)
         entries = [(SYSTEM_LABELS[name], f"alpha = {alpha:g}", self.smooth(folder, "certify", name, sigma, sigma,
                                                                            alpha=alpha))
                    for name in ("floatrs-fp", "intrs-quant") for alpha in p.alphas]
@@ -380,7 +375,7 @@ class Reproduction:
         write_csv(path, rows[0], rows[1:] + [row])
 
     def run_pgd_linf(self, folder: Path) -> None:
-        p, sigma = self.preset, 0.25
+        p, sigma = self.preset, REFERENCE_SIGMA
         images, labels = self._attack_set()
         float_model = self.float_model(sigma).model.eval()
         integer = self.int_model(sigma, "qat")
@@ -441,7 +436,7 @@ class Reproduction:
             for i in range(len(clean)):
                 for k, kind in enumerate(("float", "quantized")):
                     ax = axes[2 * i + k][j]
-                    ax.imshow(_as_picture(examples[eps][k][i]), cmap="gray", vmin=0, vmax=255)
+                    ax.imshow(_as_picture(examples[eps][k][i]), cmap="gray", vmin=0, vmax=PIXEL_MAX)
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if i == 0 and k == 0:
@@ -455,7 +450,7 @@ class Reproduction:
     # ------------------------------------------------------------ Figure 10: PGD L2 against smoothed classifiers
 
     def run_pgd_l2(self, folder: Path) -> None:
-        p, sigma = self.preset, 0.25
+        p, sigma = self.preset, REFERENCE_SIGMA
         images, labels = self._attack_set()
         float_model = self.float_model(sigma).model.eval()
         twin = QuantModel.from_integer_model(self.int_model(sigma, "qat")).eval()
@@ -516,7 +511,7 @@ class Reproduction:
                     else:
                         noise = DiscreteGaussianNoise(sigma)
                         picture = noise.perturb(pixels, 1, noise.generator(self.seed + i))[0]
-                    ax.imshow(_as_picture(picture), cmap="gray", vmin=0, vmax=255)
+                    ax.imshow(_as_picture(picture), cmap="gray", vmin=0, vmax=PIXEL_MAX)
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if i == 0 and k == 0:

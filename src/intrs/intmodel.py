@@ -25,6 +25,9 @@ from .files import write_atomically
 FORMAT = "intrs-integer-model"
 VERSION = 1
 REQUANTIZATIONS = ("double-rounding",)  # TFLite's default, as LiteRT's BUILTIN_REF resolver computes it
+# TFLite's int8 ADD (kernels/add.cc) lifts both inputs by 2^20 before rescaling them: part of what an AddLayer's
+# multipliers mean, so quant (which computes them), engine and the compiled kernels (which apply them) read it here.
+ADD_LEFT_SHIFT = 20
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:

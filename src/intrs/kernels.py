@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, IntrsError
-from .intmodel import AddLayer, ConvLayer, IntegerModel, PoolLayer
+from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
 _ABI = 5
@@ -122,8 +122,6 @@ ERR_OVERFLOW, ERR_MEMORY, ERR_UNSUPPORTED, ERR_ISA = 1, 2, 3, 4
 
 
 def _constants_here() -> dict[str, int]:
-    from .engine import ADD_LEFT_SHIFT
-
     return {"ERR_OVERFLOW": ERR_OVERFLOW, "ERR_MEMORY": ERR_MEMORY, "ERR_UNSUPPORTED": ERR_UNSUPPORTED,
             "ERR_ISA": ERR_ISA, "ADD_LEFT_SHIFT": ADD_LEFT_SHIFT, "ISA_COUNT": len(INSTRUCTION_SETS),
             "OP_CONV_S8": OP_CONV_S8, "OP_CONV_S32": OP_CONV_S32, "OP_ADD": OP_ADD, "OP_POOL": OP_POOL,

@@ -19,11 +19,10 @@ import torch
 from scipy.stats import norm
 
 from . import kernels
-from .certificate import certified_radius
+from .certificate import CERTIFICATE_STATUS, certified_radius
+from .data import PIXEL_MAX
 from .errors import ConfigError
 from .rng import device_stream, stream_seed
-
-PIXEL_MAX = 255  # an 8-bit pixel p lies in {0..255}; the real image is p / 255 (SPEC section 1)
 
 
 MAX_SIGMA = 100.0  # 100 times the whole pixel range: beyond it every sample is noise, and 255 sigma overflows tables
@@ -55,6 +54,10 @@ class NoiseLaw(Protocol):
     def radius(self, p_lower: float) -> float:
         """The L2 radius (in [0, 1] units) certified by a top-class lower bound ``p_lower``."""
 
+    @property
+    def certificate_status(self) -> str:
+        """What is proven about ``radius`` under this noise (``intrs.certificate.CERTIFICATE_STATUS``)."""
+
 
 class GaussianNoise:
     """Continuous isotropic Gaussian N(0, sigma^2 I) on x = p / 255: Cohen's smoothing (FloatRS).
@@ -80,6 +83,10 @@ class GaussianNoise:
 
     def radius(self, p_lower: float) -> float:
         return certified_radius(self.sigma, p_lower)
+
+    @property
+    def certificate_status(self) -> str:
+        return CERTIFICATE_STATUS[self.name]
 
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma})"
@@ -311,6 +318,13 @@ def _tail_support(sigma_q: Fraction) -> int:
     return int(math.ceil(s * math.sqrt(2 * math.log(2) * (TAIL_BITS + 4 + math.log2(1 + s)))) + 2)
 
 
+def _normalizer_support(sigma_q: Fraction) -> int:
+    """The one cut-off of the discrete Gaussian's normalizer theta = sum_k exp(-k^2 / (2 s^2)): |k| <= 2K,
+    K = ``_tail_support``. Each left-out weight is at most exp(-K^2 / (2 s^2))^4, so the sum of them is below
+    2^-(4 TAIL_BITS) (theta >= 1): beyond the table's 256-bit arithmetic, and a float64's."""
+    return 2 * _tail_support(sigma_q)
+
+
 @lru_cache(maxsize=32)
 def discrete_gaussian_table(sigma_q: Fraction) -> TableSampler:
     """The table sampler of N_Z(0, sigma_q^2): P[k] proportional to exp(-k^2 / (2 sigma_q^2))."""
@@ -319,7 +333,7 @@ def discrete_gaussian_table(sigma_q: Fraction) -> TableSampler:
         var2 = 2 * mpmath.mpf(sigma_q.numerator) ** 2 / mpmath.mpf(sigma_q.denominator) ** 2
         weights = [mpmath.exp(-mpmath.mpf(k * k) / var2) for k in range(-support, support + 1)]
         # The normalizer sums far beyond the support so the table's CDF is the true one.
-        wide = 2 * support
+        wide = _normalizer_support(sigma_q)
         normalizer = mpmath.fsum(mpmath.exp(-mpmath.mpf(k * k) / var2) for k in range(-wide, wide + 1))
         return TableSampler("discrete-gaussian", sigma_q, weights, normalizer)
 
@@ -344,8 +358,8 @@ def rounded_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
 def discrete_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
     """The exact pmf P[k] (float64 values, for tests and plots), normalized by the theta sum."""
     s = float(sigma_q)
-    support = _tail_support(sigma_q)
-    theta = np.exp(-np.arange(-2 * support, 2 * support + 1, dtype=np.float64) ** 2 / (2 * s * s)).sum()
+    wide = _normalizer_support(sigma_q)
+    theta = np.exp(-np.arange(-wide, wide + 1, dtype=np.float64) ** 2 / (2 * s * s)).sum()
     return np.exp(-np.asarray(k, dtype=np.float64) ** 2 / (2 * s * s)) / theta
 
 
@@ -383,6 +397,10 @@ class LatticeNoise:
 
     def radius(self, p_lower: float) -> float:
         return certified_radius(self.sigma, p_lower)
+
+    @property
+    def certificate_status(self) -> str:
+        return CERTIFICATE_STATUS[self.name]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma}, sigma_q={self.sigma_q})"

@@ -29,18 +29,17 @@ from torch import fx, nn
 
 from .errors import CheckpointError, ConfigError
 from .files import write_atomically
-from .intmodel import (AddLayer, ConvLayer, IntegerModel, PoolLayer, quantize_multiplier,
+from .intmodel import (ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer, quantize_multiplier,
                        quantize_multiplier_smaller_than_one, validate)
+from .data import PIXEL_MAX
 from .models import Normalize, read_torch_file
-from .noise import PIXEL_MAX
 
 INT8_MIN, INT8_MAX, WEIGHT_MAX = -128, 127, 127
 INT16_RANGE = (-(2 ** 15), 2 ** 15 - 1)
 INPUT_SCALE = float(np.float32(1.0 / PIXEL_MAX))  # x_q is the pixel itself: s = 1/255, zero point 0 (SPEC 2)
 SUPPORTED = "convolution, batch norm, ReLU, residual add, average/max pooling, flatten, linear"
 # TFLite's int8 ADD (kernels/add.cc) lifts both inputs by 2^20 at twice the larger input scale, so its
-# output multiplier 2 max(s1, s2) / (2^20 s_out) must be below 1: s_out > max(s1, s2) / 2^19.
-ADD_LEFT_SHIFT = 20
+# output multiplier 2 max(s1, s2) / (2^20 s_out) must be below 1: s_out > max(s1, s2) / 2^19 (ADD_LEFT_SHIFT = 20).
 # The floor kept on an ADD's output scale, max(s1, s2) / 2^16: 8x inside that bound (float32 rounding
 # of the scales cannot cross it), and it binds only on an output whose whole range is below 1/257 of
 # one input step, a grid that holds nothing but the inputs' rounding noise.
@@ -682,8 +681,8 @@ def _calibrated(checkpoint, config: QuantizeConfig, train_set, noise) -> QuantMo
     torch.manual_seed(stream_seed(config.seed, STAGE_TRAIN))
     qmodel = prepare(checkpoint.model, train_set.info.shape, meta)
     if config.saturate_input:
-        qmodel.input_saturation = (0, 255)
-        qmodel.meta["input_saturation"] = [0, 255]
+        qmodel.input_saturation = (0, PIXEL_MAX)
+        qmodel.meta["input_saturation"] = [0, PIXEL_MAX]
 
     noisy_calibration = config.calibration_noise if config.calibration_noise is not None else config.method == "qat"
     qmodel.calibrate(train_set.images[: config.calibration_images], noise if noisy_calibration else None,

@@ -18,34 +18,15 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from .choices import EXPERIMENTS
 from .errors import ConfigError, DataError, MissingDependencyError, OutputExistsError
 from .files import write_atomically, write_text_atomically
-from .results import read_result_table
+# certified_accuracy and the radius grid live in results (below experiments and report); intrs.report keeps the names
+from .results import MAX_RADIUS_COLUMNS, RADIUS_STEP, certified_accuracy, radius_grid, read_result_table  # noqa: F401
+from .tables import markdown_table
 
-RADIUS_STEP = 0.25
 DEFAULT_MAX_RADIUS = 1.5
-MAX_RADIUS_COLUMNS = 1000  # a table, not a curve: --plot draws curves
 _PLOT_POINTS = 400
-
-
-def certified_accuracy(rows: list[dict], radius: float) -> float:
-    """Fraction of rows that are correct with a certified radius >= ``radius``."""
-    if not rows:
-        return 0.0
-    return sum(int(r["correct"]) == 1 and float(r["radius"]) >= radius for r in rows) / len(rows)
-
-
-def radius_grid(max_radius: float, step: float = RADIUS_STEP) -> list[float]:
-    """0, step, 2 step, ... up to max_radius inclusive; at most MAX_RADIUS_COLUMNS values."""
-    if not (math.isfinite(step) and step > 0 and math.isfinite(max_radius) and max_radius >= 0):
-        raise ConfigError(f"the radius step must be a number > 0 and the largest radius a number >= 0, "
-                          f"got step={step}, max radius={max_radius}")
-    columns = max_radius / step + 1  # may be inf (1e300 / 1e-300): compared before any int() of it
-    if not columns < MAX_RADIUS_COLUMNS + 1:
-        raise ConfigError(f"radius step {step:g} up to {max_radius:g} makes {columns:.3g} columns, more than the "
-                          f"{MAX_RADIUS_COLUMNS} a table holds: pass a larger --step or a smaller --max-radius "
-                          "(--plot draws the whole curve)")
-    return [round(i * step, 10) for i in range(int(math.floor(max_radius / step + 1e-9)) + 1)]
 
 
 def file_label(path: str | Path) -> str:
@@ -132,10 +113,7 @@ class AccuracyTable:
         return cells
 
     def to_markdown(self) -> str:
-        header = self._header()
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(self._cells(row, 3, "-")) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
+        return markdown_table(self._header(), [self._cells(row, 3, "-") for row in self.rows])
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -314,8 +292,6 @@ def write_html_report(run_dir: str | Path) -> Path:
                      + "".join(f"<li>{html.escape(r)}</li>" for r in preset["reductions"]) + "</ul>")
     parts.append("<details><summary>all settings</summary><pre>" + html.escape(json.dumps(preset, indent=2))
                  + "</pre></details>")
-    from .experiments import EXPERIMENTS
-
     for name in EXPERIMENTS:
         folder = run_dir / name
         if not folder.is_dir():

@@ -15,12 +15,13 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import math
 import os
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DataError, OutputError, OutputExistsError
+from .errors import ConfigError, DataError, OutputError, OutputExistsError
 from .files import check_output, describe_os_error, write_text_atomically
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -31,6 +32,18 @@ PREDICT_COLUMNS = COHEN_COLUMNS + ("counts_top", "counts_second", "n", "p_value"
 # decisions: radius:certified|refuted|budget for each listed radius ("-" in tolerance mode).
 SEQUENTIAL_CERTIFY_COLUMNS = CERTIFY_COLUMNS + ("max_n", "pA_upper", "stop", "decisions")
 SEQUENTIAL_PREDICT_COLUMNS = PREDICT_COLUMNS + ("max_n",)
+
+
+def result_columns(mode: str, sequential: bool = False) -> tuple[str, ...]:
+    """The columns of a ``mode`` ('certify' or 'predict') run's TSV, fixed-n or sequential: a row of
+    ``intrs.certification`` has exactly these keys."""
+    return {("certify", False): CERTIFY_COLUMNS, ("predict", False): PREDICT_COLUMNS,
+            ("certify", True): SEQUENTIAL_CERTIFY_COLUMNS, ("predict", True): SEQUENTIAL_PREDICT_COLUMNS}[
+        mode, sequential]
+
+# Settings recorded for whoever reads the sidecar but not compared on resume: what is proven about a noise's
+# certificate is a sentence of the code that wrote the file, and a run begun before it was recorded still resumes.
+INFORMATION_ONLY = ("certificate_status",)
 
 _FLOOR_7 = Context(prec=7, rounding=ROUND_FLOOR)
 _CEILING_9 = Context(prec=9, rounding=ROUND_CEILING)
@@ -119,6 +132,7 @@ class ResultWriter:
             raise OutputExistsError(f"{self.path} has no readable settings file {meta}: it cannot be resumed safely; "
                                     "pass --force to overwrite it") from None
         current = json.loads(json.dumps(self.settings))
+        previous, current = ({k: v for k, v in s.items() if k not in INFORMATION_ONLY} for s in (previous, current))
         was, now = previous.get("model_sha256"), current.get("model_sha256")
         if was and now and was != now:
             raise OutputExistsError(f"{self.path} was made with the model {previous.get('model')} (sha256 {was[:16]}), "
@@ -179,6 +193,30 @@ class ResultWriter:
                 handle.close()
             except OSError:
                 pass  # the failed write has been reported; what did reach the disk is cut on resume
+
+
+RADIUS_STEP = 0.25  # the paper's tables: certified accuracy at r = 0, 0.25, 0.5, ...
+MAX_RADIUS_COLUMNS = 1000  # a table, not a curve: --plot draws curves
+
+
+def radius_grid(max_radius: float, step: float = RADIUS_STEP) -> list[float]:
+    """0, step, 2 step, ... up to max_radius inclusive; at most MAX_RADIUS_COLUMNS values."""
+    if not (math.isfinite(step) and step > 0 and math.isfinite(max_radius) and max_radius >= 0):
+        raise ConfigError(f"the radius step must be a number > 0 and the largest radius a number >= 0, "
+                          f"got step={step}, max radius={max_radius}")
+    columns = max_radius / step + 1  # may be inf (1e300 / 1e-300): compared before any int() of it
+    if not columns < MAX_RADIUS_COLUMNS + 1:
+        raise ConfigError(f"radius step {step:g} up to {max_radius:g} makes {columns:.3g} columns, more than the "
+                          f"{MAX_RADIUS_COLUMNS} a table holds: pass a larger --step or a smaller --max-radius "
+                          "(--plot draws the whole curve)")
+    return [round(i * step, 10) for i in range(int(math.floor(max_radius / step + 1e-9)) + 1)]
+
+
+def certified_accuracy(rows: list[dict], radius: float) -> float:
+    """Fraction of rows that are correct with a certified radius >= ``radius``."""
+    if not rows:
+        return 0.0
+    return sum(int(r["correct"]) == 1 and float(r["radius"]) >= radius for r in rows) / len(rows)
 
 
 def read_results(path: str | Path) -> list[dict]:

@@ -13,6 +13,9 @@ final logits (SPEC section 6).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import replace
 
 import flatbuffers
@@ -329,6 +332,21 @@ def _options(b, spec, Conv2DOptions, Pool2DOptions, AddOptions, ReshapeOptions, 
 RESOLVERS = ("reference", "builtin", "default")
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null for the block: native libraries' log lines, which Python's
+    sys.stderr never sees, stay off the user's terminal. Python's own errors are raised after it is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_tflite(content: bytes, inputs: np.ndarray, resolver: str = "reference") -> np.ndarray:
     """Run a .tflite model with LiteRT (NCHW int8 inputs in, int8 logits out).
 
@@ -340,7 +358,8 @@ def run_tflite(content: bytes, inputs: np.ndarray, resolver: str = "reference") 
     kinds = {"reference": OpResolverType.BUILTIN_REF, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
              "default": OpResolverType.AUTO}
     try:
-        interpreter = Interpreter(model_content=content, experimental_op_resolver_type=kinds[resolver])
+        with _native_stderr_silenced():  # LiteRT's C++ logs "INFO: Created TensorFlow Lite XNNPACK delegate" there
+            interpreter = Interpreter(model_content=content, experimental_op_resolver_type=kinds[resolver])
         detail = interpreter.get_input_details()[0]
         nhwc = np.ascontiguousarray(np.asarray(inputs).transpose(0, 2, 3, 1)).astype(np.int8)
         if tuple(detail["shape"][1:]) != nhwc.shape[1:] or detail["dtype"] != np.int8:
@@ -348,9 +367,10 @@ def run_tflite(content: bytes, inputs: np.ndarray, resolver: str = "reference") 
                               f"{tuple(detail['shape'])} (NHWC), not the integer model's {nhwc.shape}")
         if tuple(detail["shape"]) != nhwc.shape:
             interpreter.resize_tensor_input(detail["index"], list(nhwc.shape))
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(detail["index"], nhwc)
-        interpreter.invoke()
+        with _native_stderr_silenced():
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(detail["index"], nhwc)
+            interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"LiteRT cannot run this .tflite model ({str(exc).splitlines()[0][:160]}); "

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from .choices import SCHEDULES, Schedule  # noqa: F401  (Schedule: its home is choices)
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import ImageSet, augment, load_dataset
+from .data import PIXEL_MAX, ImageSet, augment, load_dataset
 from .errors import CheckpointError, ConfigError, OutputExistsError
 from .files import check_output, write_text_atomically
 from .models import ModelConfig, build_model, load_torchvision_state_dict
-from .noise import PIXEL_MAX, check_sigma
+from .noise import check_sigma
 from .progress import Progress, no_progress
 from .rng import STAGE_EVAL, STAGE_INIT, STAGE_TRAIN, check_seed, random_stream, seed_torch
 
