@@ -81,20 +81,23 @@ class CSettings:
         return self
 
 
+def c_initializer(values) -> str:
+    """Integers as the body of a C initializer, 16 to a line, each a literal of its array's type (uint64 in
+    hex, int64 beyond int32 through INT64_C): the one writer of C arrays (the radius header's too)."""
+    values = np.ascontiguousarray(values).ravel()
+    if values.dtype == np.uint64:
+        flat = [f"0x{int(v):x}ull" for v in values]
+    else:
+        flat = ["INT64_MIN" if v == -2 ** 63 else f"INT64_C({v})" if abs(v) >= 2 ** 31 else str(v)
+                for v in map(int, values)]
+    return ",\n    ".join(", ".join(flat[i:i + 16]) for i in range(0, len(flat), 16)) or "0"
+
+
 def _array(name: str, values: np.ndarray, guard: str | None = None, aligned: bool = True, static: bool = False) -> str:
     """A constant C array (64-byte aligned for the kernels' loads), compiled only where ``guard`` holds."""
     values = np.ascontiguousarray(values).ravel()
-    ctype = _C_TYPES[values.dtype]
-    if ctype == "uint64_t":
-        flat = [f"0x{int(v):x}ull" for v in values]
-    elif ctype == "int64_t":
-        flat = ["INT64_MIN" if v == -2 ** 63 else f"INT64_C({v})" if abs(v) >= 2 ** 31 else str(v)
-                for v in map(int, values)]
-    else:
-        flat = [str(int(v)) for v in values]
-    body = ",\n    ".join(", ".join(flat[i:i + 16]) for i in range(0, len(flat), 16)) or "0"
-    text = (f"{'static ' if static else ''}{'_Alignas(64) ' if aligned else ''}const {ctype} {name}"
-            f"[{max(len(flat), 1)}] = {{\n    {body}\n}};\n")
+    text = (f"{'static ' if static else ''}{'_Alignas(64) ' if aligned else ''}const {_C_TYPES[values.dtype]} {name}"
+            f"[{max(len(values), 1)}] = {{\n    {c_initializer(values)}\n}};\n")
     return f"#if {_GUARDS[guard]}\n{text}#endif\n" if guard else text
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import IntrsError
 from .progress import Progress, no_progress
+from .results import read_results
 
 DEMO_RADII = (0.25, 0.5, 0.75, 1.0)
 
@@ -128,13 +129,11 @@ def run_demo(out: Path, settings: DemoSettings, data_dir=None, progress: Progres
 
 
 def _rows(tsv: Path) -> int:
-    return max(len(tsv.read_text().splitlines()) - 1, 0)
+    return len(read_results(tsv))
 
 
 def _column_sum(tsv: Path, column: str) -> int:
-    lines = [line.split("\t") for line in tsv.read_text().splitlines()]
-    at = lines[0].index(column)
-    return sum(int(row[at]) for row in lines[1:])
+    return sum(int(row[column]) for row in read_results(tsv))
 
 
 def _tflite_line(model, path: Path, s: DemoSettings, data_dir) -> str:

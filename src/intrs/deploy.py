@@ -19,6 +19,7 @@ import torch
 from . import engine
 import numpy as np
 
+from .c_export import c_initializer
 from .certificate import certifying_from, radius_table
 from .confidence import PredictThresholds, RadiusTables
 from .data import load_dataset
@@ -134,12 +135,6 @@ def verify_export(path: str | Path, model: IntegerModel, z: torch.Tensor, sigma:
     return report
 
 
-def _c_array(values) -> str:
-    """Integers as a C initializer body, 12 to a line."""
-    flat = [str(int(v)) for v in values]
-    return ",\n    ".join(", ".join(flat[i:i + 12]) for i in range(0, len(flat), 12))
-
-
 def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int = 16,
                         sequential: RadiusTables | None = None,
                         predict: tuple[PredictThresholds, tuple[int, ...]] | None = None) -> str:
@@ -158,7 +153,7 @@ def radius_table_header(n: int, alpha: float, sigma: float, fraction_bits: int =
               f"/* CERTIFY returns its class exactly when nA >= INTRS_CERTIFY_FROM (INTRS_N + 1: never), with radius\n"
               f" * intrs_radius_table[nA - INTRS_CERTIFY_FROM] (an entry 0: a radius below 2^-fraction_bits) */\n"
               f"#define INTRS_CERTIFY_FROM {first}\n"
-              f"static const int32_t intrs_radius_table[{len(stored)}] = {{\n    {_c_array(stored)}\n}};\n"]
+              f"static const int32_t intrs_radius_table[{len(stored)}] = {{\n    {c_initializer(stored)}\n}};\n"]
     if sequential is not None:
         blocks.append(_sequential_block(sequential, fraction_bits))
     if predict is not None:
@@ -187,7 +182,7 @@ def _sequential_block(tables: RadiusTables, fraction_bits: int) -> str:
             f" * decided, and the device stops when all are (at the last step, all are). The certificate is the\n"
             f" * largest certified radius; none certified: ABSTAIN. */\n"
             f"#define INTRS_SEQ_STEPS {len(steps)}\n#define INTRS_SEQ_RADII {len(radii)}\n"
-            f"static const int32_t intrs_seq_steps[INTRS_SEQ_STEPS] = {{\n    {_c_array(steps)}\n}};\n"
+            f"static const int32_t intrs_seq_steps[INTRS_SEQ_STEPS] = {{\n    {c_initializer(steps)}\n}};\n"
             f"static const int32_t intrs_seq_radii[INTRS_SEQ_RADII] = {{{', '.join(map(str, fixed))}}};\n"
             f"static const int32_t intrs_seq_certify_at[INTRS_SEQ_STEPS][INTRS_SEQ_RADII] = {{\n"
             f"    {rows(tables.certify_at)}\n}};\n"
@@ -204,7 +199,7 @@ def _predict_block(rule: PredictThresholds, steps: tuple[int, ...]) -> str:
             f" * nA >= intrs_predict_decide_at[m] (at the last step: intrs_predict_decide_final_at[m]);\n"
             f" * after the last step, ABSTAIN. */\n"
             f"#define INTRS_PREDICT_STEPS {len(steps)}\n#define INTRS_PREDICT_MAX_N {steps[-1]}\n"
-            f"static const int32_t intrs_predict_steps[INTRS_PREDICT_STEPS] = {{\n    {_c_array(steps)}\n}};\n"
-            f"static const int32_t intrs_predict_decide_at[INTRS_PREDICT_MAX_N + 1] = {{\n    {_c_array(decide)}\n}};\n"
+            f"static const int32_t intrs_predict_steps[INTRS_PREDICT_STEPS] = {{\n    {c_initializer(steps)}\n}};\n"
+            f"static const int32_t intrs_predict_decide_at[INTRS_PREDICT_MAX_N + 1] = {{\n    {c_initializer(decide)}\n}};\n"
             f"static const int32_t intrs_predict_decide_final_at[INTRS_PREDICT_MAX_N + 1] = {{\n"
-            f"    {_c_array(final)}\n}};\n")
+            f"    {c_initializer(final)}\n}};\n")
