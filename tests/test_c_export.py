@@ -331,3 +331,25 @@ def test_the_device_runtime_source_has_no_floating_point_type():
         if name.endswith((".c", ".h")):
             code = re.sub(r"/\*.*?\*/|//[^\n]*|\"(\\.|[^\"])*\"", "", (c_export._DEVICE / name).read_text(), flags=re.S)
             assert not re.search(r"\b(float|double|_Float\d+)\b", code), name
+
+
+@pytest.mark.parametrize("cpu,kernels_used", [("Haswell", "avx2"), ("Nehalem", "portable")])
+def test_the_x86_build_on_cpus_without_avx512_picks_what_they_have_and_answers_the_same(digits_int_models, tmp_path,
+                                                                                         cpu, kernels_used):
+    """The x86-64 tree holds the AVX2 and VNNI data too: on an emulated CPU without AVX-512 (Haswell) or without
+    AVX2 (Nehalem) dispatch grants only what it has, and the rows stay the API's."""
+    if platform.machine() != "x86_64":
+        pytest.skip("an x86-64 build")
+    needs("qemu-x86_64", package="qemu-user")
+    model = load_integer_model(digits_int_models["qat"])
+    tree = tmp_path / "tree"
+    facts = export_c(model, CSettings("intrs-quant", DiscreteGaussianNoise(0.25), **SMALL), tree)
+    make(tree)
+    data = load_dataset("digits", "test")
+    images, labels = data.images[:3].numpy(), data.labels[:3].numpy()
+    inputs = write_inputs(tree / "inputs", images, labels)
+    run = subprocess.run(["qemu-x86_64", "-cpu", cpu, str(tree / "intrs_example"), "certify", *map(str, inputs), "7",
+                          "0", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert f"kernels {kernels_used}" in run.stderr
+    assert compare_rows(example_rows(run.stdout), python_rows(model, facts, images, labels, [0, 1, 2], 7, "certify")) == []
