@@ -126,16 +126,9 @@ def digits_int_models(digits_checkpoint, tmp_path_factory):
 def build_calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
     """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what the
     kernel-exactness checks need (none depends on what was learned). Seeds torch's global generator."""
-    from intrs.models import ModelConfig, build_model
-    from intrs.quant import prepare
+    from intrs.bench import calibrated_resnet20  # the model bench times: one builder for both
 
-    torch.manual_seed(seed)
-    channels = shape[0]
-    model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()
-    quantizer = prepare(model, shape)
-    with torch.no_grad():
-        quantizer(torch.randint(0, 256, (64, *shape)).float())
-    return model, quantizer.to_integer_model()
+    return calibrated_resnet20(shape, seed)
 
 
 @pytest.fixture

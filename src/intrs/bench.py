@@ -128,7 +128,8 @@ def intrs_on(device: torch.device) -> str:
 
 def calibrated_resnet20(shape: tuple[int, int, int], seed: int = 0):
     """A ResNet-20 with random weights and its integer model, calibrated on random pixels: what a speed
-    measurement needs (it does not depend on what was learned). The tests build their own (tests/conftest.py)."""
+    measurement and the kernel-exactness tests need (neither depends on what was learned; tests/conftest.py
+    hands it to the tests as a fixture). Seeds torch's global generator."""
     torch.manual_seed(seed)
     channels = shape[0]
     model = build_model(ModelConfig("resnet20", channels, 10, (0.5,) * channels, (0.25,) * channels)).eval()

@@ -279,14 +279,19 @@ static int argmax(const int64_t *counts, int skip) {
     return best;
 }
 
+/* A stage of one image: its offsets, zero counts, and the generator of the stream (seed, idx, stage). */
+static int begin(const uint8_t *image, uint64_t seed, uint64_t idx, uint64_t stage, pcg64_t *g, int64_t *counts) {
+    const int err = start(image, counts);
+    if (!err) stream(g, seed, idx, stage);
+    return err;
+}
+
 /* The selection stage: n0 samples of (seed, idx, STAGE_SELECT), their most frequent class. */
 static int select_class(const uint8_t *image, uint64_t seed, uint64_t idx, int *top) {
     int64_t counts[INTRS_CLASSES], drawn = 0;
     pcg64_t g;
-    int err = start(image, counts);
-    if (err) return err;
-    stream(&g, seed, idx, STAGE_SELECT);
-    if ((err = vote_until(&g, &drawn, INTRS_N0, counts))) return err;
+    int err = begin(image, seed, idx, STAGE_SELECT, &g, counts);
+    if (err || (err = vote_until(&g, &drawn, INTRS_N0, counts))) return err;
     *top = argmax(counts, -1);
     return 0;
 }
@@ -296,9 +301,8 @@ int intrs_certify(const uint8_t *image, uint64_t seed, uint64_t idx, intrs_certi
     if (err) return err;
     int64_t counts[INTRS_CLASSES], drawn = 0;
     pcg64_t g;
-    start(image, counts);
-    stream(&g, seed, idx, STAGE_ESTIMATE);
-    if ((err = vote_until(&g, &drawn, INTRS_N, counts))) return err;
+    if ((err = begin(image, seed, idx, STAGE_ESTIMATE, &g, counts)) || (err = vote_until(&g, &drawn, INTRS_N, counts)))
+        return err;
     *out = (intrs_certificate_t){INTRS_ABSTAIN, 0, counts[top], INTRS_N, INTRS_STOP_FIXED, {0}};
     if (counts[top] >= INTRS_CERTIFY_FROM) /* the Clopper-Pearson bound exceeds 1/2 from here on */
         out->prediction = top, out->radius = intrs_radius_table[counts[top] - INTRS_CERTIFY_FROM];
@@ -310,8 +314,7 @@ int intrs_certify_sequential(const uint8_t *image, uint64_t seed, uint64_t idx, 
     if (err) return err;
     int64_t counts[INTRS_CLASSES], drawn = 0;
     pcg64_t g;
-    start(image, counts);
-    stream(&g, seed, idx, STAGE_ESTIMATE);
+    if ((err = begin(image, seed, idx, STAGE_ESTIMATE, &g, counts))) return err;
     *out = (intrs_certificate_t){INTRS_ABSTAIN, 0, 0, 0, INTRS_STOP_DECIDED, {0}};
     for (int k = 0; k < INTRS_SEQ_STEPS; k++) {
         if ((err = vote_until(&g, &drawn, intrs_seq_steps[k], counts))) return err;
@@ -346,9 +349,8 @@ static void top_two(const int64_t *counts, intrs_prediction_t *out) {
 int intrs_predict(const uint8_t *image, uint64_t seed, uint64_t idx, intrs_prediction_t *out) {
     int64_t counts[INTRS_CLASSES], drawn = 0;
     pcg64_t g;
-    int err = start(image, counts);
+    int err = begin(image, seed, idx, STAGE_PREDICT, &g, counts);
     if (err) return err;
-    stream(&g, seed, idx, STAGE_PREDICT);
     if ((err = vote_until(&g, &drawn, INTRS_PREDICT_N, counts))) return err;
     top_two(counts, out);
     out->n = INTRS_PREDICT_N, out->stop = INTRS_STOP_FIXED;
@@ -360,9 +362,8 @@ int intrs_predict(const uint8_t *image, uint64_t seed, uint64_t idx, intrs_predi
 int intrs_predict_sequential(const uint8_t *image, uint64_t seed, uint64_t idx, intrs_prediction_t *out) {
     int64_t counts[INTRS_CLASSES], drawn = 0;
     pcg64_t g;
-    int err = start(image, counts);
+    int err = begin(image, seed, idx, STAGE_PREDICT, &g, counts);
     if (err) return err;
-    stream(&g, seed, idx, STAGE_PREDICT);
     for (int k = 0; k < INTRS_PREDICT_STEPS; k++) {
         if ((err = vote_until(&g, &drawn, intrs_predict_steps[k], counts))) return err;
         top_two(counts, out);
