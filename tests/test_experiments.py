@@ -33,8 +33,9 @@ def test_every_experiment_writes_data_tables_and_figures(ci_run):
     for png in ci_run.glob("*/*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (ci_run / "certify-sigma" / "certified_accuracy.md").read_text()
-    for label in ("| FloatRS-fp | r = 0.25", "| IntRS-quant | r = 0.25", "| FloatRS-quant | r = 0.25", "sigma = 1.00",
-                  "IntRS-quant - FloatRS-fp"):
+    # issue 19: the clean accuracy (r = 0) first, then Tables 2/3's radii, each cell with its interval
+    for label in ("| FloatRS-fp | r = 0 | r = 0.25", "| IntRS-quant | r = 0 | r = 0.25",
+                  "| FloatRS-quant | r = 0 | r = 0.25", "sigma = 1.00", "IntRS-quant - FloatRS-fp", "| 8 | 116 |"):
         assert label in table
     table1 = (ci_run / "table1" / "table1.csv").read_text().splitlines()
     assert table1[0].startswith("n,FloatRS-fp correct") and [r.split(",")[0] for r in table1[1:]] == ["100", "200"]
@@ -46,6 +47,41 @@ def test_every_experiment_writes_data_tables_and_figures(ci_run):
     sigma_rows = (ci_run / "certify-sigma" / "certified_accuracy.csv").read_text().splitlines()
     assert sigma_rows[0].startswith("system,sigma,") and sigma_rows[1].split(",")[1] == "0.12"
     assert "IntRS-quant - FloatRS-fp, sigma = 0.12" in table
+
+
+def test_experiments_write_data_and_the_report_renders_it(capsys, ci_run, tmp_path):
+    """Issue 16: experiments write data only; the report makes every table and figure from those files, so an
+    unfinished run (a cell's TSV not yet there) renders its finished cells."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(ci_run, copy)
+    for shown in list(copy.glob("*/*.md")) + list(copy.glob("*/*.png")) + list(copy.glob("certify-sigma/*.csv")):
+        shown.unlink()
+    (copy / "certify-sigma" / "certify-floatrs-quant-train1.00-sigma1.00-alpha0.001-n100.tsv").unlink()
+    code, out, _ = run_cli(capsys, "report", copy)
+    assert code == 0 and "report.html" in out
+    for name in EXPERIMENTS:
+        assert list((copy / name).glob("*.md")), name
+    table = (copy / "certify-sigma" / "certified_accuracy.md").read_text()
+    assert table.count("| sigma = 0.50 |") == 3 and table.count("| sigma = 1.00 |") == 2  # FloatRS-quant's is gone
+    assert "| IntRS-quant - FloatRS-fp, sigma = 1.00 |" in table
+    wide = (copy / "certify-sigma" / "certified_accuracy.csv").read_text().splitlines()
+    assert len(wide) == 1 + 3 * 4 - 1
+    long = (copy / "certify-sigma" / "certified_accuracy_intervals.csv").read_text().splitlines()
+    assert long[0] == "system,sigma,radius,images,certified,accuracy,lower 95%,upper 95%,mean samples,median samples"
+    for row in long[1:]:
+        fields = row.split(",")
+        images, certified, accuracy, lower, upper = int(fields[3]), int(fields[4]), *map(float, fields[5:8])
+        assert images == 8 and accuracy == certified / images and lower <= accuracy <= upper
+
+
+def test_reproduction_alone_writes_no_table_or_figure(tmp_path):
+    from intrs.experiments import Reproduction, preset
+
+    Reproduction(preset("ci"), tmp_path / "run").run("noisy-images")
+    written = {p.name for p in (tmp_path / "run" / "noisy-images").iterdir()}
+    assert written == {"noisy_images.npz", "facts.json"}
 
 
 def test_report_is_one_self_contained_page(ci_run):

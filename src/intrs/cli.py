@@ -614,13 +614,15 @@ def reproduce_command(experiment, preset_name, out, data_dir, seed, device) -> N
     Re-running resumes: trained models, certified images and finished attack settings are reused.
     """
     from .experiments import Reproduction, preset
-    from .report import write_html_report
+    from .report import render_run, write_html_report
 
     device = _device(device)
     out = check_output(out or Path("runs") / f"reproduce-{preset_name}", folder=True)
     reproduction = Reproduction(preset(preset_name), out, data_dir, seed, progress=_progress, log=click.echo,
                                 device=device)
-    for folder in reproduction.run(experiment):
+    folders = reproduction.run(experiment)
+    render_run(out, [folder.name for folder in folders])
+    for folder in folders:
         for table in sorted(folder.glob("*.md")):
             click.echo(f"\n{table}:\n{table.read_text()}")
     click.echo(f"report: {write_html_report(out)}")
@@ -629,9 +631,11 @@ def reproduce_command(experiment, preset_name, out, data_dir, seed, device) -> N
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report_command(run_dir) -> None:
-    """Build RUN_DIR/report.html: every table and figure of a reproduction, with its settings."""
-    from .report import write_html_report
+    """Render a reproduction's tables and figures from its data (a finished or an unfinished run) and build
+    RUN_DIR/report.html with its settings."""
+    from .report import render_run, write_html_report
 
+    render_run(run_dir)
     click.echo(f"wrote {write_html_report(run_dir)}")
 
 

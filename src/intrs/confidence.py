@@ -86,6 +86,18 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     return bound
 
 
+def clopper_pearson_interval(successes: int, trials: int, coverage: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval for a proportion (each tail (1 - coverage) / 2): the interval a
+    table states for a fraction of test images, e.g. a certified accuracy (an error bar for the reader, not
+    part of any certificate, so scipy's quantiles are taken as they come)."""
+    if not 0 <= successes <= trials or trials < 1:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    tail = (1 - coverage) / 2
+    lower = float(beta.ppf(tail, successes, trials - successes + 1)) if successes > 0 else 0.0
+    upper = float(beta.ppf(1 - tail, successes + 1, trials - successes)) if successes < trials else 1.0
+    return lower, upper
+
+
 def binomial_tail_at_most(successes: int, trials: int, p: float, alpha: float) -> bool:
     """Whether P[Binomial(trials, p) >= successes] <= alpha, from an upper bound on the tail in 50 digits.
 

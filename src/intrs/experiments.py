@@ -1,12 +1,12 @@
-"""The paper's experiments (SPEC section 8) as resumable runs that write data, then tables and figures.
+"""The paper's experiments (SPEC section 8) as resumable runs that write data: TSV, CSV, NPZ and JSON.
 
 ``Reproduction(preset, out_dir).run(name)`` runs one experiment (or ``all``):
 models are trained or quantized once and reused (checkpoints), certification
 rows are appended and resumed (``intrs.results``), attack results are written per
 eps, so an interrupted run picks up where it stopped and never recomputes a
-finished part. Every experiment writes its numbers as CSV and as a markdown table
-in the paper's layout, and its figures as PNG; ``intrs.report`` turns a run
-folder into one HTML page.
+finished part. Every experiment writes its numbers (CSV), the pictures it made
+(NPZ) and a facts.json of what ran; ``intrs.report`` renders the tables in the
+paper's layout, the figures and one HTML page from those files alone.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from .intmodel import IntegerModel, load_integer_model, save_integer_model
 from .noise import DiscreteGaussianNoise, GaussianNoise, numpy_generator
 from .progress import Progress, no_progress
 from .quant import QuantModel, QuantizeConfig, quantize
-from .results import certified_accuracy, radius_grid, read_results
+from .results import FACTS_NAME, radius_grid
 from .rng import random_stream, stream_seed
 from .systems import make_system
-from .tables import markdown_table
 from .training import CHECKPOINT_NAME, TrainConfig, train
 
 SYSTEM_LABELS = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
 STAGE_ATTACK = 40  # random streams of the attacks: (seed, STAGE_ATTACK, eps index)
+EXAMPLE_IMAGES = 4  # test images whose adversarial versions are kept for the figure
 REFERENCE_SIGMA = 0.25  # the paper's one sigma for Table 1, Figure 11 and the attacks (train = certify sigma)
 
 
@@ -75,6 +75,7 @@ class Preset:
     qat_epochs: int = 5
     qat_subset: int | None = None
     noisy_images: int = 4
+    sequential: bool = False  # CERTIFY sequentially (docs/sequential.md) at the table's radii, n the budget max_n
     reductions: tuple[str, ...] = ()
 
 
@@ -86,16 +87,19 @@ PRESETS: dict[str, Preset] = {
         reductions=("a test of the pipeline, not of the method: ResNet-8 of width 8, 2 epochs on 2,048 images, "
                     "8 test images, n = 100",)),
     "fmnist": Preset(
-        "fmnist", "fashion-mnist", schedule="short", images=50, skip=200, n=1000, table1_ns=(100, 1000, 10_000),
-        table1_images=30, attack_images=100, attack_samples=4, qat_epochs=1, qat_subset=20_000,
+        "fmnist", "fashion-mnist", schedule="short", images=500, skip=20, n=100_000, sequential=True,
+        table1_ns=(100, 1000, 10_000), table1_images=500, attack_images=500, attack_samples=4, qat_epochs=1,
+        qat_subset=20_000,
         reductions=(
             "data: Fashion-MNIST (28x28x1) instead of CIFAR-10; ResNet-20 with 1 input channel",
             "training: the 'short' schedule (3 epochs on 30,000 images, lr 0.1 / 10 after 2) instead of 90 epochs",
             "QAT: 1 epoch on 20,000 images at lr 0.01",
-            "certification: 50 test images (every 200th) and n = 1,000 samples instead of 500 images and "
-            "n = 100,000 (the largest certifiable radius at alpha = 0.001 is then sigma * 2.46)",
-            "Table 1: n up to 10,000 on 30 images (the paper: up to 100,000 on the test set)",
-            "attacks: 100 test images; PGD L2 averages 4 noise samples per step",
+            "certification: sequential CERTIFY (anytime-valid, docs/sequential.md) deciding every radius of the "
+            "table on 500 test images (every 20th), stopping when all are decided or at n = 100,000, instead of "
+            "fixed n = 100,000 (the same guarantee at each radius; the radius column is sigma PhiInv(lower bound) "
+            "at the stopping time)",
+            "Table 1: n up to 10,000 (the paper: up to 100,000) on 500 test images",
+            "attacks: PGD L2 averages 4 noise samples per step",
         )),
     "paper-cifar10": Preset("paper-cifar10", "cifar10"),
     "paper-caltech101": Preset("paper-caltech101", "caltech101", arch="resnet50", max_radius=2.0,
@@ -120,20 +124,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     write_text_atomically(path, out.getvalue())
-
-
-def save_figure(fig, path: Path, dpi: int) -> None:
-    """A matplotlib figure as a PNG, written atomically."""
-    write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class Reproduction:
@@ -205,17 +195,28 @@ class Reproduction:
         return make_system(name, self.int_model(train_sigma, "qat" if name == "intrs-quant" else "ptq"), sigma,
                            device=self.device)
 
-    def smooth(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, alpha: float | None = None,
-               n: int | None = None, images: int | None = None) -> Path:
-        """One certify/predict TSV (resumed if interrupted)."""
+    def cell(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, alpha: float | None = None,
+             n: int | None = None, images: int | None = None,
+             radii: list[float] | None = None) -> tuple[Path, CertifySettings]:
+        """One certify/predict TSV's path and settings. A sequential preset's CERTIFY decides ``radii`` (the
+        table's columns) with n as its budget; PREDICT and fixed-n presets take n samples."""
         p = self.preset
         alpha = p.alpha if alpha is None else alpha
         n = p.n if n is None else n
-        tag = f"{name}-train{_sigma_tag(train_sigma)}-sigma{_sigma_tag(sigma)}-alpha{alpha:g}-n{n}"
-        path = folder / f"{mode}-{tag}.tsv"
-        settings = CertifySettings(p.n0, n, alpha, p.batch, self.seed, p.skip, images or p.images)
+        sequential = p.sequential and mode == "certify" and radii is not None
+        budget = f"maxn{n}" if sequential else f"n{n}"
+        tag = f"{name}-train{_sigma_tag(train_sigma)}-sigma{_sigma_tag(sigma)}-alpha{alpha:g}-{budget}"
+        settings = CertifySettings(p.n0, n, alpha, p.batch, self.seed, p.skip, images or p.images,
+                                   sequential=sequential,
+                                   radii=tuple(r for r in radii if r > 0) if sequential else None)
+        return folder / f"{mode}-{tag}.tsv", settings
+
+    def smooth(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, **cell) -> Path:
+        """One certify/predict TSV (resumed if interrupted); ``cell`` as ``Reproduction.cell`` takes it."""
+        path, settings = self.cell(folder, mode, name, train_sigma, sigma, **cell)
         run(mode, self.system(name, train_sigma, sigma), self.test_set, settings, path,
-            provenance={"train_sigma": train_sigma, "preset": p.name}, resume=path.exists(), progress=self.progress)
+            provenance={"train_sigma": train_sigma, "preset": self.preset.name}, resume=path.exists(),
+            progress=self.progress)
         return path
 
     def folder(self, name: str) -> Path:
@@ -236,123 +237,58 @@ class Reproduction:
             done.append(self.out / experiment)
         return done
 
+    def write_facts(self, folder: Path, **facts) -> None:
+        """FOLDER/facts.json: what ran that preset.json does not say (the cells and their TSVs, the radii,
+        the images an attack used); ``intrs.report`` renders the folder from it and the data files."""
+        write_text_atomically(folder / FACTS_NAME, json.dumps(facts, indent=2) + "\n")
+
     # ------------------------------------------------------------ Table 1: PREDICT against n
 
     def run_table1(self, folder: Path) -> None:
         p, sigma = self.preset, REFERENCE_SIGMA
-        rows = []
-        for n in p.table1_ns:
-            row = [n]
-            for name in ("floatrs-fp", "intrs-quant"):
-                results = read_results(self.smooth(folder, "predict", name, sigma, sigma, n=n, images=p.table1_images))
-                correct = np.mean([r["correct"] == "1" for r in results])
-                abstain = np.mean([r["predict"] == "-1" for r in results])
-                seconds = np.mean([float(r["time"]) for r in results])
-                row += [f"{correct:.2f}", f"{abstain:.2f}", f"{seconds:.3f}"]
-            rows.append(row)
-        header = ["n", "FloatRS-fp correct", "abstain", "s/image", "IntRS-quant correct", "abstain", "s/image"]
-        write_csv(folder / "table1.csv", header, rows)
-        write_text_atomically(folder / "table1.md",
-            f"Table 1: PREDICT with sigma = {sigma}, alpha = {p.alpha} ({p.table1_images} test images)\n\n"
-            + markdown_table(header, rows))
+        cells = [(n, name) for n in p.table1_ns for name in ("floatrs-fp", "intrs-quant")]
+        paths = [self.cell(folder, "predict", name, sigma, sigma, n=n, images=p.table1_images)[0] for n, name in cells]
+        self.write_facts(folder, sigma=sigma, images=p.table1_images,
+                         cells=[{"n": n, "system": SYSTEM_LABELS[name], "tsv": path.name}
+                                for (n, name), path in zip(cells, paths)])
+        for n, name in cells:
+            self.smooth(folder, "predict", name, sigma, sigma, n=n, images=p.table1_images)
 
-    # ------------------------------------------------------------ Tables 2 and 3: certified accuracy by sigma
+    # ------------------------------------------------------------ Tables 2-5 and Figure 11: certified accuracy
 
-    def _accuracy_blocks(self, entries: list[tuple[str, str, Path]], radii: list[float]) -> tuple[list, str]:
-        """Rows (label, row label, accuracies) and the markdown in the paper's layout, one block per label."""
-        csv_rows, blocks = [], []
-        by_label: dict[str, list] = {}
-        for label, row_label, path in entries:
-            results = read_results(path)
-            accuracies = [certified_accuracy(results, r) for r in radii]
-            # the CSV's column is numeric: "sigma = 0.12" is 0.12 there, the markdown keeps the words
-            csv_rows.append([label, row_label.split(" = ")[-1]] + [f"{a:.4f}" for a in accuracies])
-            by_label.setdefault(label, []).append([row_label] + [f"{a:.2f}" for a in accuracies])
-        for label, rows in by_label.items():
-            blocks.append(markdown_table([label] + [f"r = {r:g}" for r in radii], rows))
-        return csv_rows, "\n".join(blocks)
-
-    def _gap_table(self, csv_rows: list, radii: list[float], base: str, other: str) -> str:
-        table = {(r[0], r[1]): [float(v) for v in r[2:]] for r in csv_rows}
-        rows = []
-        for (label, row_label), values in table.items():
-            if label.startswith(other) and (label.replace(other, base, 1), row_label) in table:
-                reference = table[(label.replace(other, base, 1), row_label)]
-                rows.append([label.replace(other, f"{other} - {base}", 1) + f", sigma = {row_label}"]
-                            + [f"{a - b:+.2f}" for a, b in zip(values, reference)])
-        return markdown_table(["gap"] + [f"r = {r:g}" for r in radii], rows) if rows else ""
-
-    def _accuracy_figure(self, path: Path, curves: list[tuple[str, Path]], title: str) -> None:
-        plt = _plt()
-        grid = np.linspace(0, max(self.preset.max_radius, 0.25) + 0.5, 200)
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for label, tsv in curves:
-            results = read_results(tsv)
-            ax.plot(grid, [certified_accuracy(results, r) for r in grid], label=label)
-        ax.set_xlabel("L2 radius (pixel / 255 units, whole 8-bit steps for the integer systems)")
-        ax.set_ylabel("certified accuracy")
-        ax.set_title(title)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        save_figure(fig, path, dpi=120)
-        plt.close(fig)
+    def _certify_cells(self, folder: Path, row_name: str, cells: list[tuple[str, str, str, float, float, dict]],
+                       radii: list[float], order: Callable | None = None, **facts) -> None:
+        """The cells of a certified-accuracy table, each (label, row value, system, train sigma, sigma, cell
+        settings) in the table's order: facts.json names each cell's TSV first (so ``intrs report`` renders
+        an unfinished run's finished cells), then the TSVs are certified (sorted by ``order`` if given)."""
+        self.write_facts(folder, row_name=row_name, radii=radii, **facts, cells=[
+            {"label": label, "row": value,
+             "tsv": self.cell(folder, "certify", name, train, sigma, radii=radii, **extra)[0].name}
+            for label, value, name, train, sigma, extra in cells])
+        for label, value, name, train, sigma, extra in sorted(cells, key=order) if order else cells:
+            self.smooth(folder, "certify", name, train, sigma, radii=radii, **extra)
 
     def run_certify_sigma(self, folder: Path) -> None:
         p = self.preset
-        radii = radius_grid(p.max_radius)[1:]  # r = 0 is the clean accuracy: Tables 2/3 start at 0.25
-        entries = []
-        for name in ("floatrs-fp", "intrs-quant", "floatrs-quant"):
-            for sigma in p.sigmas:
-                entries.append((SYSTEM_LABELS[name], f"sigma = {sigma:.2f}", self.smooth(folder, "certify", name, sigma,
-                                                                                      sigma)))
-        csv_rows, markdown = self._accuracy_blocks(entries, radii)
-        write_csv(folder / "certified_accuracy.csv", ["system", "sigma"] + [f"{r:g}" for r in radii], csv_rows)
-        gap = self._gap_table(csv_rows, radii, "FloatRS-fp", "IntRS-quant")
-        write_text_atomically(folder / "certified_accuracy.md",
-            f"Tables 2/3: certified accuracy on {p.dataset}, train sigma = certify sigma, n = {p.n}, alpha = {p.alpha}, "
-            f"{p.images} test images\n\n{markdown}\nIntRS-quant minus FloatRS-fp, per cell:\n\n{gap}")
-        for name in ("floatrs-fp", "intrs-quant", "floatrs-quant"):
-            self._accuracy_figure(folder / f"certified_accuracy_{name}.png",
-                                  [(f"sigma = {e[1].split('= ')[1]}", e[2]) for e in entries
-                                   if e[0] == SYSTEM_LABELS[name]], f"{SYSTEM_LABELS[name]} on {p.dataset}")
-        self._accuracy_figure(folder / f"certified_accuracy_sigma{REFERENCE_SIGMA:g}.png",
-                              [(e[0], e[2]) for e in entries if e[1] == f"sigma = {REFERENCE_SIGMA:.2f}"],
-                              f"sigma = {REFERENCE_SIGMA} on {p.dataset}: the three systems")
-
-    # ------------------------------------------------------------ Tables 4 and 5: train sigma != certify sigma
+        names = ("floatrs-fp", "intrs-quant", "floatrs-quant")
+        rank = {sigma: i for i, sigma in enumerate(_priority(p.sigmas))}
+        # an interrupted run has whole sigmas, the reference one first
+        self._certify_cells(folder, "sigma", [(SYSTEM_LABELS[name], f"{sigma:.2f}", name, sigma, sigma, {})
+                                              for name in names for sigma in p.sigmas], radius_grid(p.max_radius),
+                            order=lambda cell: (rank[cell[4]], names.index(cell[2])), reference_sigma=REFERENCE_SIGMA)
 
     def run_sigma_mismatch(self, folder: Path) -> None:
         p = self.preset
-        radii = radius_grid(p.mismatch_max_radius)[1:]
-        entries = []
-        for train_sigma in p.mismatch_train_sigmas:
-            for name in ("floatrs-fp", "intrs-quant"):
-                for sigma in p.sigmas:
-                    entries.append((f"{SYSTEM_LABELS[name]} (trained at sigma = {train_sigma:.2f})",
-                                    f"sigma = {sigma:.2f}", self.smooth(folder, "certify", name, train_sigma, sigma)))
-        csv_rows, markdown = self._accuracy_blocks(entries, radii)
-        write_csv(folder / "certified_accuracy.csv", ["system", "certify sigma"] + [f"{r:g}" for r in radii],
-                  csv_rows)
-        write_text_atomically(folder / "certified_accuracy.md",
-            f"Tables 4/5: base models trained at sigma in {list(p.mismatch_train_sigmas)}, certified at each sigma "
-            f"(n = {p.n}, alpha = {p.alpha}, {p.images} test images)\n\n{markdown}")
-
-    # ------------------------------------------------------------ Figure 11: alpha
+        self._certify_cells(folder, "certify sigma", [
+            (f"{SYSTEM_LABELS[name]} (trained at sigma = {train_sigma:.2f})", f"{sigma:.2f}", name, train_sigma, sigma,
+             {}) for train_sigma in p.mismatch_train_sigmas for name in ("floatrs-fp", "intrs-quant")
+            for sigma in p.sigmas], radius_grid(p.mismatch_max_radius))
 
     def run_alpha(self, folder: Path) -> None:
         p, sigma = self.preset, REFERENCE_SIGMA
-        radii = radius_grid(p.max_radius)
-        entries = [(SYSTEM_LABELS[name], f"alpha = {alpha:g}", self.smooth(folder, "certify", name, sigma, sigma,
-                                                                           alpha=alpha))
-                   for name in ("floatrs-fp", "intrs-quant") for alpha in p.alphas]
-        csv_rows, markdown = self._accuracy_blocks(entries, radii)
-        write_csv(folder / "certified_accuracy.csv", ["system", "alpha"] + [f"{r:g}" for r in radii], csv_rows)
-        write_text_atomically(folder / "certified_accuracy.md",
-            f"Figure 11: certified accuracy for several alpha, sigma = {sigma}, n = {p.n}\n\n{markdown}")
-        self._accuracy_figure(folder / "certified_accuracy_alpha.png", [(f"{e[0]}, {e[1]}", e[2]) for e in entries],
-                              f"alpha on {p.dataset}, sigma = {sigma}")
+        self._certify_cells(folder, "alpha", [
+            (SYSTEM_LABELS[name], f"{alpha:g}", name, sigma, sigma, {"alpha": alpha})
+            for name in ("floatrs-fp", "intrs-quant") for alpha in p.alphas], radius_grid(p.max_radius), sigma=sigma)
 
     # ------------------------------------------------------------ Figures 1 and 9: PGD L-inf on base classifiers
 
@@ -385,67 +321,26 @@ class Reproduction:
         path = folder / "accuracy.csv"
         header = ["eps", "float accuracy", "quantized accuracy (integer engine)"]
         finished = self._incremental(path, header)
-        examples = {}
-        for i, eps in enumerate((0.0,) + tuple(p.linf_eps)):
+        shown = min(EXAMPLE_IMAGES, len(labels))
+        examples = {"clean": images[:shown].numpy().astype(np.uint8)}
+        epsilons = (0.0,) + tuple(p.linf_eps)
+        for i, eps in enumerate(epsilons):
             generator = random_stream(self.seed, STAGE_ATTACK, i)
             clean = images.to(torch.float32) / PIXEL_MAX
             adv_float = pgd(float_model, clean, labels, eps, "linf", 7, generator=generator)
             adv_quant = pgd(lambda x: twin(x * PIXEL_MAX), clean, labels, eps, "linf", 7, generator=generator)
             pixels_float = to_pixel_grid(adv_float, images, eps, "linf")
             pixels_quant = to_pixel_grid(adv_quant, images, eps, "linf")
-            examples[eps] = (pixels_float[:4], pixels_quant[:4])
+            examples[f"float_{i}"] = pixels_float[:shown].numpy().astype(np.uint8)
+            examples[f"quantized_{i}"] = pixels_quant[:shown].numpy().astype(np.uint8)
             if f"{eps:g}" in finished:
                 continue
             with torch.no_grad():
                 acc_float = float((float_model(pixels_float.float() / PIXEL_MAX).argmax(1) == labels).float().mean())
             acc_quant = float((engine.predict(integer, pixels_quant.to(torch.int32)) == labels).float().mean())
             self._append(path, [f"{eps:g}", f"{acc_float:.4f}", f"{acc_quant:.4f}"])
-        rows = list(self._incremental(path, header).values())
-        write_text_atomically(folder / "accuracy.md",
-            f"Figure 1: PGD L-inf (7 steps, random start) against the base classifiers trained at sigma = {sigma}; "
-            f"the adversarial image is truncated to the 8-bit grid; the quantized model is attacked through its "
-            f"fake-quantized twin and judged by the integer engine ({len(labels)} test images)\n\n"
-            + markdown_table(header, rows))
-        self._line_figure(folder / "accuracy.png", rows, ["float", "quantized (integer engine)"], "eps (L-inf)",
-                          "accuracy", "PGD L-inf on the base classifiers")
-        self._image_grid(folder / "adversarial_images.png", images[:4], examples)
-
-    def _line_figure(self, path: Path, rows: list[list[str]], labels: list[str], xlabel: str, ylabel: str,
-                     title: str) -> None:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        xs = [float(r[0]) for r in rows]
-        for column, label in enumerate(labels, start=1):
-            ax.plot(xs, [float(r[column]) for r in rows], marker="o", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        save_figure(fig, path, dpi=120)
-        plt.close(fig)
-
-    def _image_grid(self, path: Path, clean: torch.Tensor, examples: dict) -> None:
-        plt = _plt()
-        columns = list(examples)
-        fig, axes = plt.subplots(2 * len(clean), len(columns), figsize=(1.6 * len(columns), 3.2 * len(clean)),
-                                 squeeze=False)
-        for j, eps in enumerate(columns):
-            for i in range(len(clean)):
-                for k, kind in enumerate(("float", "quantized")):
-                    ax = axes[2 * i + k][j]
-                    ax.imshow(_as_picture(examples[eps][k][i]), cmap="gray", vmin=0, vmax=PIXEL_MAX)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    if i == 0 and k == 0:
-                        ax.set_title(f"eps={eps:g}", fontsize=8)
-                    if j == 0:
-                        ax.set_ylabel(kind, fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, path, dpi=100)
-        plt.close(fig)
+        write_atomically(folder / "adversarial_images.npz", lambda handle: np.savez_compressed(handle, **examples))
+        self.write_facts(folder, sigma=sigma, images=len(labels), steps=7, epsilons=list(epsilons))
 
     # ------------------------------------------------------------ Figure 10: PGD L2 against smoothed classifiers
 
@@ -483,50 +378,32 @@ class Reproduction:
             row += [f"{verdicts['floatrs-fp'][0]:.4f}", f"{verdicts['intrs-quant'][0]:.4f}",
                     f"{verdicts['floatrs-fp'][1]:.4f}", f"{verdicts['intrs-quant'][1]:.4f}"]
             self._append(path, row)
-        rows = list(self._incremental(path, header).values())
-        write_text_atomically(folder / "accuracy.md",
-            f"Figure 10: PGD L2 (20 steps, {p.attack_samples} noise samples per step) against the smoothed classifiers, "
-            f"then PREDICT (n = {p.predict_n}, alpha = 0.001, sigma = {sigma}), {len(labels)} test images\n\n"
-            + markdown_table(header, rows))
-        self._line_figure(folder / "accuracy.png", rows, ["FloatRS-fp", "IntRS-quant"], "eps (L2)",
-                          "PREDICT accuracy", "PGD L2 against the smoothed classifiers")
+        self.write_facts(folder, sigma=sigma, images=len(labels), steps=20, predict_alpha=0.001)
 
     # ------------------------------------------------------------ Figures 12 and 13: noisy images
 
     def run_noisy_images(self, folder: Path) -> None:
+        """The pictures of Figures 12/13 as data: for each test image, clean then each sigma, continuous
+        Gaussian (in pixel units) and the discrete Gaussian IntRS adds."""
         p = self.preset
-        plt = _plt()
         images = self.test_set.images[: p.noisy_images]
-        fig, axes = plt.subplots(2 * len(images), len(p.sigmas) + 1, figsize=(1.8 * (len(p.sigmas) + 1),
-                                                                              3.6 * len(images)), squeeze=False)
+        pictures = {"gaussian": [], "discrete": []}
         for i, pixels in enumerate(images):
-            for k, kind in enumerate(("Gaussian", "discrete Gaussian")):
-                for j, sigma in enumerate((0.0,) + tuple(p.sigmas)):
-                    ax = axes[2 * i + k][j]
-                    if sigma == 0:
-                        picture = pixels
-                    elif kind == "Gaussian":
-                        noise = GaussianNoise(sigma)
-                        picture = noise.perturb(pixels, 1, noise.generator(self.seed + i))[0] * PIXEL_MAX
-                    else:
-                        noise = DiscreteGaussianNoise(sigma)
-                        picture = noise.perturb(pixels, 1, noise.generator(self.seed + i))[0]
-                    ax.imshow(_as_picture(picture), cmap="gray", vmin=0, vmax=PIXEL_MAX)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    if i == 0 and k == 0:
-                        ax.set_title("clean" if sigma == 0 else f"sigma={sigma:g}", fontsize=8)
-                    if j == 0:
-                        ax.set_ylabel(kind, fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, folder / "noisy_images.png", dpi=100)
-        plt.close(fig)
-        write_text_atomically(folder / "noisy_images.md",
-            f"Figures 12/13: test images of {p.dataset} with noise at each sigma: continuous Gaussian (the paper's "
-            "figure) and the discrete Gaussian IntRS adds on the integer grid (clipped to [0, 1] for display only)\n")
+            gaussian, discrete = [pixels.to(torch.float32)], [pixels.to(torch.float32)]
+            for sigma in p.sigmas:
+                noise = GaussianNoise(sigma)
+                gaussian.append(noise.perturb(pixels, 1, noise.generator(self.seed + i))[0] * PIXEL_MAX)
+                lattice = DiscreteGaussianNoise(sigma)
+                discrete.append(lattice.perturb(pixels, 1, lattice.generator(self.seed + i))[0].to(torch.float32))
+            pictures["gaussian"].append(torch.stack(gaussian).numpy())
+            pictures["discrete"].append(torch.stack(discrete).numpy())
+        write_atomically(folder / "noisy_images.npz", lambda handle: np.savez_compressed(
+            handle, gaussian=np.stack(pictures["gaussian"]).astype(np.float32),
+            discrete=np.stack(pictures["discrete"]).astype(np.float32), sigmas=np.array(p.sigmas)))
+        self.write_facts(folder, sigmas=list(p.sigmas), images=len(images))
 
 
-def _as_picture(pixels: torch.Tensor) -> np.ndarray:
-    """(C, H, W) pixel values in [0, 255] as an image matplotlib shows: 2-D grey or (H, W, 3) uint8."""
-    array = pixels.detach().cpu().to(torch.float32).clamp(0, PIXEL_MAX).numpy()
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0).astype(np.uint8)
+def _priority(sigmas: tuple[float, ...]) -> list[float]:
+    """The order sigmas are computed in: the reference sigma first, then the largest (the tables keep the
+    paper's order; this order only decides what an interrupted run already has)."""
+    return sorted(sigmas, key=lambda sigma: (sigma != REFERENCE_SIGMA, -sigma))

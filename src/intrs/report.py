@@ -22,7 +22,10 @@ from .choices import EXPERIMENTS
 from .errors import ConfigError, DataError, MissingDependencyError, OutputExistsError
 from .files import write_atomically, write_text_atomically
 # certified_accuracy and the radius grid live in results (below experiments and report); intrs.report keeps the names
-from .results import MAX_RADIUS_COLUMNS, RADIUS_STEP, certified_accuracy, radius_grid, read_result_table  # noqa: F401
+from .results import (FACTS_NAME, INTERVAL_HEADER, MAX_RADIUS_COLUMNS, RADIUS_STEP, TABLE1_HEADER,  # noqa: F401
+                      certified_accuracy, certified_count, radius_grid, read_result_table, read_results,
+                      samples_per_image)
+from .confidence import clopper_pearson_interval
 from .tables import markdown_table
 
 DEFAULT_MAX_RADIUS = 1.5
@@ -164,7 +167,7 @@ def analyze(paths: list[str | Path], max_radius: float | None = None, step: floa
             "accuracy": sum(c for c, _, _ in parsed) / len(parsed) if parsed else 0.0,
             "abstain": sum(a for _, a, _ in parsed) / len(parsed) if parsed else 0.0,
             "certified": sorted(r for c, _, r in parsed if c) if certify else [],
-            "samples": _samples(path, columns, rows, certify), "sequential": "max_n" in columns,
+            "samples": samples_per_image(path, columns, rows, certify), "sequential": "max_n" in columns,
         })
     if max_radius is None:
         largest = max((r for row in table for r in row["certified"]), default=0.0)
@@ -173,21 +176,6 @@ def analyze(paths: list[str | Path], max_radius: float | None = None, step: floa
     for row in table:
         row["accuracies"] = [_accuracy_at(row, r) for r in radii] if row["kind"] == "certify" else []
     return AccuracyTable(table, radii)
-
-
-def _samples(path: Path, columns: list[str], rows: list[dict], certify: bool) -> list[int] | None:
-    """Forward passes per image: n0 + n for CERTIFY (selection and estimation), n for PREDICT; None without n."""
-    if "n" not in columns:
-        return None
-    names = ("n0", "n") if certify and "n0" in columns else ("n",)
-    samples = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            samples.append(sum(int(row[name]) for name in names))
-        except ValueError:
-            raise DataError(f"{path} line {line}: {'/'.join(names)} must be integers, got "
-                            f"{' '.join(repr(row[name]) for name in names)}") from None
-    return samples
 
 
 def _accuracy_at(row: dict, radius: float) -> float:
@@ -212,14 +200,7 @@ def write_accuracy_plot(table: AccuracyTable, path: str | Path, force: bool = Fa
         raise OutputExistsError(f"{path} already exists: pass --force to overwrite it or choose another --plot")
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist")
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependencyError("--plot needs matplotlib, which is not installed: "
-                                     "pip install 'intrs[report]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot("--plot")
     largest = table.radii[-1] if table.radii else DEFAULT_MAX_RADIUS
     grid = [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -242,6 +223,305 @@ def write_accuracy_plot(table: AccuracyTable, path: str | Path, force: bool = Fa
     finally:
         plt.close(fig)
     return path
+
+
+def _pyplot(what: str):
+    """matplotlib's pyplot on the Agg backend, or one line saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(f"{what} needs matplotlib, which is not installed: "
+                                     "pip install 'intrs[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path, dpi: int) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and closed."""
+    try:
+        fig.tight_layout()
+        return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- a reproduction's tables and figures
+#
+# intrs.experiments writes data (TSV rows, CSV, NPZ pictures, facts.json); everything shown is made here, from
+# those files alone, so a finished or unfinished run folder renders the same way (`intrs report RUN_DIR`).
+
+
+def _write_csv(path: Path, header, rows) -> Path:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomically(path, out.getvalue())
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _samples_phrase(preset: dict) -> str:
+    """How a preset's CERTIFY spends samples, as its captions say it."""
+    return f"sequential up to n = {preset['n']:,}" if preset.get("sequential") else f"n = {preset['n']:,}"
+
+
+def _render_table1(folder: Path, preset: dict, facts: dict) -> None:
+    by_n: dict[int, dict[str, list[dict]]] = {}
+    for cell in facts["cells"]:
+        tsv = folder / cell["tsv"]
+        by_n.setdefault(cell["n"], {})[cell["system"]] = read_results(tsv) if tsv.exists() else []
+    rows = []
+    for n, systems in by_n.items():
+        row = [n]
+        for system in ("FloatRS-fp", "IntRS-quant"):
+            results = systems.get(system) or []
+            if results:
+                row += [f"{statistics.fmean(r['correct'] == '1' for r in results):.4f}",
+                        f"{statistics.fmean(r['predict'] == '-1' for r in results):.4f}",
+                        f"{statistics.fmean(float(r['time']) for r in results):.4f}"]
+            else:
+                row += ["", "", ""]
+        rows.append(row)
+    _write_csv(folder / "table1.csv", TABLE1_HEADER, rows)
+    shown = [[str(row[0])] + [f"{float(v):.{3 if i % 3 == 2 else 2}f}" if v else "-" for i, v in enumerate(row[1:])]
+             for row in rows]
+    header = ["n", "FloatRS-fp correct", "abstain", "s/image", "IntRS-quant correct", "abstain", "s/image"]
+    write_text_atomically(folder / "table1.md",
+        f"Table 1: PREDICT with sigma = {facts['sigma']}, alpha = {preset['alpha']} ({facts['images']} test images)\n\n"
+        + markdown_table(header, shown))
+
+
+def _cell_rows(folder: Path, facts: dict) -> list[tuple[dict, list[dict], list[int] | None]]:
+    """The cells of a certified-accuracy experiment whose TSV exists: (cell, rows, samples per image)."""
+    found = []
+    for cell in facts["cells"]:
+        tsv = folder / cell["tsv"]
+        if tsv.exists():
+            columns, rows = read_result_table(tsv)
+            if rows:
+                found.append((cell, rows, samples_per_image(tsv, columns, rows, certify=True)))
+    return found
+
+
+def _accuracy_figure(path: Path, curves: list[tuple[str, list[dict]]], title: str, largest: float) -> Path:
+    plt = _pyplot("the reproduction's figures")
+    grid = [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, rows in curves:
+        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label)
+    ax.set_xlabel("L2 radius ([0, 1] pixel units; the integer systems certify whole 8-bit steps, r x 255)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path, dpi=120)
+
+
+def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> list:
+    """certified_accuracy.csv (the paper's layout), certified_accuracy_intervals.csv (every cell with its 95%
+    Clopper-Pearson interval over images and the samples an image took) and certified_accuracy.md, from the
+    cells' TSVs; returns the cells found."""
+    radii, row_name = facts["radii"], facts["row_name"]
+    found = _cell_rows(folder, facts)
+    wide, long, blocks = [], [], {}
+    for cell, rows, samples in found:
+        counts = [certified_count(rows, r) for r in radii]
+        wide.append([cell["label"], cell["row"]] + [f"{k / len(rows):.4f}" for k in counts])
+        shown = [f"{row_name} = {cell['row']}"]
+        for radius, k in zip(radii, counts):
+            lower, upper = clopper_pearson_interval(k, len(rows))
+            long.append([cell["label"], cell["row"], f"{radius:g}", len(rows), k, f"{k / len(rows):.4f}",
+                         f"{lower:.4f}", f"{upper:.4f}"]
+                        + ([f"{statistics.fmean(samples):.0f}", f"{statistics.median(samples):.0f}"] if samples
+                           else ["", ""]))
+            shown.append(f"{k / len(rows):.2f} [{lower:.2f}, {upper:.2f}]")
+        shown += [str(len(rows)), f"{statistics.fmean(samples):,.0f}" if samples else "-"]
+        blocks.setdefault(cell["label"], []).append(shown)
+    _write_csv(folder / "certified_accuracy.csv", ["system", row_name] + [f"{r:g}" for r in radii], wide)
+    _write_csv(folder / "certified_accuracy_intervals.csv", (INTERVAL_HEADER[0], row_name) + INTERVAL_HEADER[2:],
+               long)
+    tables = [markdown_table([label] + [f"r = {r:g}" for r in radii] + ["images", "samples/image"], rows)
+              for label, rows in blocks.items()]
+    gap = _gap_table(wide, radii, row_name, "FloatRS-fp", "IntRS-quant")
+    write_text_atomically(folder / "certified_accuracy.md",
+        f"{caption}; each cell: certified accuracy [95% Clopper-Pearson interval over the images]; "
+        f"samples/image: the mean of n0 + n\n\n" + "\n".join(tables)
+        + (f"\nIntRS-quant minus FloatRS-fp, per cell:\n\n{gap}" if gap else ""))
+    return found
+
+
+def _gap_table(wide: list[list], radii: list[float], row_name: str, base: str, other: str) -> str:
+    table = {(r[0], r[1]): [float(v) for v in r[2:]] for r in wide}
+    rows = []
+    for (label, value), values in table.items():
+        if label.startswith(other) and (label.replace(other, base, 1), value) in table:
+            reference = table[(label.replace(other, base, 1), value)]
+            rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_name} = {value}"]
+                        + [f"{a - b:+.2f}" for a, b in zip(values, reference)])
+    return markdown_table(["gap"] + [f"r = {r:g}" for r in radii], rows) if rows else ""
+
+
+def _render_certify_sigma(folder: Path, preset: dict, facts: dict) -> None:
+    found = _render_accuracy(folder, preset, facts,
+        f"Tables 2/3: certified accuracy on {preset['dataset']}, train sigma = certify sigma, "
+        f"{_samples_phrase(preset)}, alpha = {preset['alpha']}, {preset['images']} test images")
+    largest = max(facts["radii"][-1], 0.25) + 0.5
+    for label in dict.fromkeys(cell["label"] for cell, _, _ in found):
+        system = label.lower()
+        _accuracy_figure(folder / f"certified_accuracy_{system}.png",
+                         [(f"sigma = {cell['row']}", rows) for cell, rows, _ in found if cell["label"] == label],
+                         f"{label} on {preset['dataset']}", largest)
+    reference = f"{facts['reference_sigma']:.2f}"
+    curves = [(cell["label"], rows) for cell, rows, _ in found if cell["row"] == reference]
+    if curves:
+        _accuracy_figure(folder / f"certified_accuracy_sigma{facts['reference_sigma']:g}.png", curves,
+                         f"sigma = {facts['reference_sigma']} on {preset['dataset']}: the three systems", largest)
+
+
+def _render_sigma_mismatch(folder: Path, preset: dict, facts: dict) -> None:
+    _render_accuracy(folder, preset, facts,
+        f"Tables 4/5: base models trained at sigma in {preset['mismatch_train_sigmas']}, certified at each sigma "
+        f"({_samples_phrase(preset)}, alpha = {preset['alpha']}, {preset['images']} test images)")
+
+
+def _render_alpha(folder: Path, preset: dict, facts: dict) -> None:
+    found = _render_accuracy(folder, preset, facts,
+        f"Figure 11: certified accuracy for several alpha, sigma = {facts['sigma']}, {_samples_phrase(preset)}, "
+        f"{preset['images']} test images")
+    _accuracy_figure(folder / "certified_accuracy_alpha.png",
+                     [(f"{cell['label']}, alpha = {cell['row']}", rows) for cell, rows, _ in found],
+                     f"alpha on {preset['dataset']}, sigma = {facts['sigma']}", max(facts["radii"][-1], 0.25) + 0.5)
+
+
+def _line_figure(path: Path, rows: list[list[str]], labels: list[str], xlabel: str, ylabel: str, title: str) -> Path:
+    plt = _pyplot("the reproduction's figures")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = [float(r[0]) for r in rows]
+    for column, label in enumerate(labels, start=1):
+        ax.plot(xs, [float(r[column]) for r in rows], marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save_figure(fig, path, dpi=120)
+
+
+def _as_picture(pixels):
+    """(C, H, W) pixel values in [0, 255] as an image matplotlib shows: 2-D grey or (H, W, 3) uint8."""
+    import numpy as np
+
+    array = np.clip(np.asarray(pixels, dtype=np.float32), 0, 255)
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0).astype(np.uint8)
+
+
+def _picture_grid(path: Path, pictures, column_titles: list[str], row_labels: list[str], dpi: int) -> Path:
+    """pictures[i][k][j]: image i, kind k (a row of its own), column j."""
+    plt = _pyplot("the reproduction's figures")
+    images, kinds, columns = len(pictures), len(row_labels), len(column_titles)
+    fig, axes = plt.subplots(kinds * images, columns, figsize=(1.7 * columns, 1.7 * kinds * images), squeeze=False)
+    for i in range(images):
+        for k in range(kinds):
+            for j in range(columns):
+                ax = axes[kinds * i + k][j]
+                ax.imshow(_as_picture(pictures[i][k][j]), cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0 and k == 0:
+                    ax.set_title(column_titles[j], fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(row_labels[k], fontsize=7)
+    return _save_figure(fig, path, dpi=dpi)
+
+
+def _render_pgd_linf(folder: Path, preset: dict, facts: dict) -> None:
+    import numpy as np
+
+    table = _read_csv(folder / "accuracy.csv")
+    write_text_atomically(folder / "accuracy.md",
+        f"Figure 1: PGD L-inf ({facts['steps']} steps, random start) against the base classifiers trained at "
+        f"sigma = {facts['sigma']}; the adversarial image is truncated to the 8-bit grid; the quantized model is "
+        f"attacked through its fake-quantized twin and judged by the integer engine ({facts['images']} test images)"
+        "\n\n" + markdown_table(table[0], table[1:]))
+    _line_figure(folder / "accuracy.png", table[1:], ["float", "quantized (integer engine)"], "eps (L-inf)",
+                 "accuracy", "PGD L-inf on the base classifiers")
+    examples = folder / "adversarial_images.npz"
+    if examples.exists():
+        with np.load(examples) as data:
+            steps = range(len(facts["epsilons"]))
+            pictures = [[[data[f"{kind}_{j}"][i] for j in steps] for kind in ("float", "quantized")]
+                        for i in range(len(data["clean"]))]
+        _picture_grid(folder / "adversarial_images.png", pictures, [f"eps={e:g}" for e in facts["epsilons"]],
+                      ["float", "quantized"], dpi=100)
+
+
+def _render_pgd_l2(folder: Path, preset: dict, facts: dict) -> None:
+    table = _read_csv(folder / "accuracy.csv")
+    write_text_atomically(folder / "accuracy.md",
+        f"Figure 10: PGD L2 ({facts['steps']} steps, {preset['attack_samples']} noise samples per step) against the "
+        f"smoothed classifiers, then PREDICT (n = {preset['predict_n']}, alpha = {facts['predict_alpha']}, "
+        f"sigma = {facts['sigma']}), {facts['images']} test images\n\n" + markdown_table(table[0], table[1:]))
+    _line_figure(folder / "accuracy.png", table[1:], ["FloatRS-fp", "IntRS-quant"], "eps (L2)", "PREDICT accuracy",
+                 "PGD L2 against the smoothed classifiers")
+
+
+def _render_noisy_images(folder: Path, preset: dict, facts: dict) -> None:
+    import numpy as np
+
+    with np.load(folder / "noisy_images.npz") as data:
+        pictures = [[data["gaussian"][i], data["discrete"][i]] for i in range(len(data["gaussian"]))]
+    _picture_grid(folder / "noisy_images.png", pictures, ["clean"] + [f"sigma={s:g}" for s in facts["sigmas"]],
+                  ["Gaussian", "discrete Gaussian"], dpi=100)
+    write_text_atomically(folder / "noisy_images.md",
+        f"Figures 12/13: test images of {preset['dataset']} with noise at each sigma: continuous Gaussian (the "
+        "paper's figure) and the discrete Gaussian IntRS adds on the integer grid (clipped to [0, 255] for display "
+        "only)\n")
+
+
+_RENDERERS = {"table1": _render_table1, "certify-sigma": _render_certify_sigma,
+              "sigma-mismatch": _render_sigma_mismatch, "pgd-linf": _render_pgd_linf, "pgd-l2": _render_pgd_l2,
+              "alpha": _render_alpha, "noisy-images": _render_noisy_images}
+
+
+def _run_settings(run_dir: Path) -> dict:
+    import json
+
+    settings_path = run_dir / "preset.json"
+    if not settings_path.is_file():
+        raise DataError(f"{run_dir} is not a run folder of 'intrs reproduce' (no preset.json)")
+    try:
+        settings = json.loads(settings_path.read_text())
+        settings["preset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{settings_path} is damaged (not the settings 'intrs reproduce' writes)") from None
+    return settings
+
+
+def render_run(run_dir: str | Path, experiments=EXPERIMENTS) -> list[Path]:
+    """Every table (markdown, CSV) and figure (PNG) of a reproduction's experiment folders, made from the data
+    files the experiments wrote (facts.json, TSV, CSV, NPZ); an experiment without its facts is skipped.
+    Returns the folders rendered."""
+    import json
+
+    run_dir = Path(run_dir)
+    preset = _run_settings(run_dir)["preset"]
+    rendered = []
+    for name in experiments:
+        facts_path = run_dir / name / FACTS_NAME
+        if facts_path.is_file():
+            _RENDERERS[name](run_dir / name, preset, json.loads(facts_path.read_text()))
+            rendered.append(run_dir / name)
+    return rendered
 
 
 # ---------------------------------------------------------------- one HTML page for a run folder
@@ -280,10 +560,7 @@ def write_html_report(run_dir: str | Path) -> Path:
     import json
 
     run_dir = Path(run_dir)
-    settings_path = run_dir / "preset.json"
-    if not settings_path.is_file():
-        raise DataError(f"{run_dir} is not a run folder of 'intrs reproduce' (no preset.json)")
-    settings = json.loads(settings_path.read_text())
+    settings = _run_settings(run_dir)
     preset = settings["preset"]
     parts = [f"<h1>intrs reproduction: preset {html.escape(preset['name'])}</h1>",
              f"<p>data set {html.escape(preset['dataset'])}, seed {settings.get('seed')}</p>"]

@@ -216,7 +216,39 @@ def certified_accuracy(rows: list[dict], radius: float) -> float:
     """Fraction of rows that are correct with a certified radius >= ``radius``."""
     if not rows:
         return 0.0
-    return sum(int(r["correct"]) == 1 and float(r["radius"]) >= radius for r in rows) / len(rows)
+    return certified_count(rows, radius) / len(rows)
+
+
+def certified_count(rows: list[dict], radius: float) -> int:
+    """Rows correct with a certified radius >= ``radius`` (``certified_accuracy``'s numerator)."""
+    return sum(int(r["correct"]) == 1 and float(r["radius"]) >= radius for r in rows)
+
+
+def samples_per_image(path: Path, columns: list[str], rows: list[dict], certify: bool) -> list[int] | None:
+    """Forward passes per image: n0 + n for CERTIFY (selection and estimation), n for PREDICT; None without n."""
+    if "n" not in columns:
+        return None
+    names = ("n0", "n") if certify and "n0" in columns else ("n",)
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            samples.append(sum(int(row[name]) for name in names))
+        except ValueError:
+            raise DataError(f"{path} line {line}: {'/'.join(names)} must be integers, got "
+                            f"{' '.join(repr(row[name]) for name in names)}") from None
+    return samples
+
+
+# ---------------------------------------------------------------- a reproduction's data files (intrs.experiments
+# writes them, intrs.report reads them)
+
+FACTS_NAME = "facts.json"  # per experiment folder: what ran that preset.json does not say
+TABLE1_HEADER = ("n", "FloatRS-fp correct", "FloatRS-fp abstain", "FloatRS-fp s/image", "IntRS-quant correct",
+                 "IntRS-quant abstain", "IntRS-quant s/image")
+# certified_accuracy_intervals.csv, one row per cell and radius; the second column is the table's row variable
+# (sigma, certify sigma or alpha)
+INTERVAL_HEADER = ("system", "row", "radius", "images", "certified", "accuracy", "lower 95%", "upper 95%",
+                   "mean samples", "median samples")
 
 
 def read_results(path: str | Path) -> list[dict]:
