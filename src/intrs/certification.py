@@ -19,7 +19,7 @@ from .rng import check_seed
 from .results import ResultWriter, format_radius, format_upper, result_columns
 from .errors import ConfigError
 from .smoothing import check_alpha, check_sample_sizes
-from .systems import System
+from .systems import System, check_fits, make_system, model_facts
 from .progress import Progress, no_progress
 
 
@@ -170,3 +170,52 @@ def run(mode: str, system: System, data: ImageSet, settings: CertifySettings, ou
                             desc=f"{mode} {system.name}", unit="img"):
             writer.write(row)
     return Path(out)
+
+
+# ---------------------------------------------------------------- planning runs (the CLI's and the experiments')
+
+SYSTEM_FIELD = "{system}"  # in an output template: replaced by each system's name
+
+
+def outputs(names: list[str], template: str | Path) -> dict[str, Path]:
+    """Each system's TSV from one output template; several systems need ``{system}`` in it."""
+    template = str(template)
+    if len(names) > 1 and SYSTEM_FIELD not in template:
+        raise ConfigError("several systems write one TSV each: put {system} in --out, e.g. --out runs/{system}.tsv")
+    return {name: Path(template.replace(SYSTEM_FIELD, name)) for name in names}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One planned certify/predict run: a system on a data set with its settings, into its TSV."""
+
+    mode: str
+    system: System
+    data: ImageSet
+    settings: CertifySettings
+    out: Path
+    provenance: dict
+
+    def run(self, *, force: bool = False, resume: bool = False, progress: Progress = no_progress,
+            executor=local_rows) -> Path:
+        return run(self.mode, self.system, self.data, self.settings, self.out, provenance=self.provenance,
+                   force=force, resume=resume, progress=progress, executor=executor)
+
+
+def plan(mode: str, name: str, source, data: ImageSet, settings: CertifySettings, out: str | Path, *,
+         sigma: float | None = None, noise: str | None = None, device=None, train_sigma: float | None = None,
+         model_path: str | Path | None = None, provenance: dict | None = None) -> Job:
+    """The run of system ``name`` on ``source`` (a float checkpoint or an integer model) over ``data``: the
+    model is checked against the data, sigma defaults to the training sigma the model records (or
+    ``train_sigma``), and the provenance records the training sigma and, given ``model_path``, the model
+    file's content hash (the content, not the path, decides whether a resume may continue a file)."""
+    from .files import file_sha256
+
+    settings.check(mode)
+    check_fits(source, data.info, model_path)
+    recorded = model_facts(source)[1] if train_sigma is None else train_sigma
+    if sigma is None and recorded is None:
+        raise ConfigError(f"{model_path or 'the model'} records no training sigma: pass --sigma")
+    system = make_system(name, source, recorded if sigma is None else sigma, noise, device=device)
+    facts = {"model": str(model_path), "model_sha256": file_sha256(model_path)} if model_path is not None else {}
+    return Job(mode, system, data, settings, Path(out), facts | {"train_sigma": recorded} | (provenance or {}))

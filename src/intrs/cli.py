@@ -229,24 +229,13 @@ def _load_sources(names, checkpoint, int_model, ptq_model) -> dict:
     return sources
 
 
-def _model_facts(source) -> tuple[str, float]:
-    """(data set, training sigma) of a float checkpoint or an integer model."""
-    from .intmodel import IntegerModel
-
-    if isinstance(source, IntegerModel):
-        return source.meta.get("dataset"), source.meta.get("sigma")
-    return source.dataset, source.sigma
-
-
 def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma, dataset, data_dir, split, settings,
                    out, resume, force, ray_address=None, workers=None, device=None) -> None:
-    from .certification import local_rows, run
+    from .certification import local_rows, outputs, plan
     from .data import load_dataset
-    from .files import file_sha256
-    from .intmodel import IntegerModel
     from .report import analyze
     from .results import check_result_output
-    from .systems import check_integer_model_fits, make_system
+    from .systems import model_facts
 
     device = _device(device)
     names = _chosen_systems(systems)
@@ -260,35 +249,19 @@ def _run_smoothing(mode, systems, checkpoint, int_model, ptq_model, noise, sigma
         if device.type != "cpu":
             raise ConfigError("--ray shards images over CPU workers: run --device cuda without --ray")
         executor = RayExecutor(None if ray_address == "local" else ray_address, workers)
-    if len(names) > 1 and "{system}" not in out:
-        raise ConfigError("several systems write one TSV each: put {system} in --out, e.g. --out runs/{system}.tsv")
-    targets = {name: Path(out.replace("{system}", name)) for name in names}
+    targets = outputs(names, out)
     for target in targets.values():  # every system's output before the first one's run, not after it
         check_result_output(target, force=force, resume=resume)
     sources = _load_sources(names, checkpoint, int_model, ptq_model)
-    facts = {name: _model_facts(source) for name, (source, _) in sources.items()}
-    dataset = dataset or next(d for d, _ in facts.values())
-    data = load_dataset(dataset, split, data_dir)
-    paths = []
-    for name in names:
-        source, path = sources[name]
-        if isinstance(source, IntegerModel):
-            check_integer_model_fits(source, data.info, path)
-        else:
-            source.check_fits(data.info)
-        train_sigma = facts[name][1]
-        if sigma is None and train_sigma is None:
-            raise ConfigError(f"{path} records no training sigma: pass --sigma")
-        chosen = make_system(name, source, train_sigma if sigma is None else sigma,
-                             noise if name == "intrs-quant" else None, device=device)
-        # The model's content, not its path, decides whether a resume may continue the file.
-        provenance = {"model": str(path), "model_sha256": file_sha256(path), "train_sigma": train_sigma}
-        target = targets[name]
-        paths.append(run(mode, chosen, data, settings, target, provenance=provenance, force=force, resume=resume,
-                         progress=_progress, executor=executor))
-        click.echo(f"wrote {target}")
+    data = load_dataset(dataset or next(model_facts(source)[0] for source, _ in sources.values()), split, data_dir)
+    jobs = [plan(mode, name, source, data, settings, targets[name], sigma=sigma,
+                 noise=noise if name == "intrs-quant" else None, device=device, model_path=path)
+            for name, (source, path) in sources.items()]
+    for job in jobs:
+        job.run(force=force, resume=resume, progress=_progress, executor=executor)
+        click.echo(f"wrote {job.out}")
     if mode == "certify" or settings.sequential:
-        click.echo(analyze(paths).to_markdown(), nl=False)
+        click.echo(analyze([job.out for job in jobs]).to_markdown(), nl=False)
 
 
 COHEN_N, FIXED_BATCH, SEQUENTIAL_BATCH, DEFAULT_TOLERANCE = 100_000, 1000, 100, 0.05
@@ -406,7 +379,7 @@ def export_command(model_path, fmt, out, saturate, table_n, table_alpha, system,
     """Export an integer model to TFLite (int8 builtin ops, reference-kernel semantics) or ONNX (QDQ), with
     the certificate table R[nA] beside it as a C header (FILE.radius.h); or, with --format c, as a C source
     tree that runs PREDICT and CERTIFY on the device itself, integer-only (check it with verify-export)."""
-    from .intmodel import load_integer_model, save_integer_model, with_input_saturation
+    from .intmodel import load_integer_model, with_input_saturation
 
     model = load_integer_model(model_path)
     if fmt == "c":
@@ -430,32 +403,11 @@ def export_command(model_path, fmt, out, saturate, table_n, table_alpha, system,
         click.echo(f"build it with 'make -C {out}' (or 'make -C {out} cortex-m'), check it with "
                    f"'intrs verify-export {out} {model_path}'")
         return
-    from .deploy import export_model, radius_table_header
+    from .deploy import export_files
 
-    written, certified = [out], model_path
-    if saturate and model.input_saturation is None:
-        model = with_input_saturation(model)
-        written.append(out.with_suffix(".intrs.npz"))
-        certified = written[1]
-    header_path = out.with_suffix(".radius.h") if table_n else None
-    for path in written + ([header_path] if header_path else []):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists: pass --force to overwrite it")
-    from .files import write_atomically, write_text_atomically
-
-    check_output(out)
-    content = export_model(model, fmt)
-    header = radius_table_header(table_n, table_alpha, model.meta["sigma"]) if table_n else None
-    write_atomically(out, lambda handle: handle.write(content))  # a full disk leaves no 0-byte file behind
-    if header:
-        write_text_atomically(header_path, header)
-        click.echo(f"wrote {header_path}: radius for every vote count, n={table_n}, "
-                   f"alpha={table_alpha:g}, sigma={model.meta['sigma']:g}")
-    if len(written) > 1:
-        save_integer_model(model, written[1])
-        click.echo(f"wrote {written[1]}: the saturating variant; certify this model, it is what the file computes")
-    click.echo(f"wrote {out} ({len(content)} bytes, requantization {model.requantization}); "
-               f"check it with 'intrs verify-export {out} {certified}'")
+    for written in export_files(model, model_path, fmt, out, saturate=saturate, table_n=table_n,
+                                table_alpha=table_alpha, force=force):
+        click.echo(f"wrote {written.path}: {written.about}")
 
 
 @cli.command("verify-export")

@@ -23,7 +23,7 @@ from .c_export import c_initializer
 from .certificate import certifying_from, radius_table
 from .confidence import PredictThresholds, RadiusTables
 from .data import load_dataset
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutputExistsError
 from .intmodel import IntegerModel
 from .noise import DiscreteGaussianNoise, numpy_generator
 from .rng import STAGE_EVAL, stream_seed
@@ -45,6 +45,48 @@ def export_model(model: IntegerModel, fmt: str) -> bytes:
     if fmt == "c":
         raise ConfigError("a C export is a source tree, not a file: intrs.c_export.export_c writes it")
     raise ConfigError(f"unknown export format {fmt!r}: choose tflite, onnx or c")
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file an export wrote and what it is, in the words the CLI prints."""
+
+    path: Path
+    about: str
+
+
+def export_files(model: IntegerModel, model_path: Path, fmt: str, out: Path, *, saturate: bool = False,
+                 table_n: int = 0, table_alpha: float = 0.001, force: bool = False) -> list[Written]:
+    """``intrs export --format tflite|onnx``: the model file at ``out``; with ``saturate`` the variant that
+    saturates the noisy input to [0, 255] (and its .intrs.npz beside ``out``, the model to certify); with
+    ``table_n`` the radius table R[nA] as a C header (OUT.radius.h). Every file is checked before the first
+    is written, and each is written whole or not at all."""
+    from .files import check_output, write_atomically, write_text_atomically
+    from .intmodel import save_integer_model, with_input_saturation
+
+    certified, variant = model_path, None
+    if saturate and model.input_saturation is None:
+        model = with_input_saturation(model)
+        variant = certified = out.with_suffix(".intrs.npz")
+    header_path = out.with_suffix(".radius.h") if table_n else None
+    for path in (out, variant, header_path):
+        if path is not None and path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists: pass --force to overwrite it")
+    check_output(out)
+    content = export_model(model, fmt)
+    header = radius_table_header(table_n, table_alpha, model.meta["sigma"]) if table_n else None
+    written = []
+    write_atomically(out, lambda handle: handle.write(content))  # a full disk leaves no 0-byte file behind
+    if header:
+        write_text_atomically(header_path, header)
+        written.append(Written(header_path, f"radius for every vote count, n={table_n}, alpha={table_alpha:g}, "
+                                            f"sigma={model.meta['sigma']:g}"))
+    if variant is not None:
+        save_integer_model(model, variant)
+        written.append(Written(variant, "the saturating variant; certify this model, it is what the file computes"))
+    written.append(Written(out, f"{len(content)} bytes, requantization {model.requantization}; check it with "
+                                f"'intrs verify-export {out} {certified}'"))
+    return written
 
 
 def format_of(path: Path) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .attacks import pgd, to_pixel_grid
-from .certification import CertifySettings, run
+from .certification import CertifySettings, plan
 from .checkpoint import Checkpoint, load_checkpoint
 from .choices import EXPERIMENTS
 from .data import PIXEL_MAX, ImageSet, load_dataset
@@ -189,11 +189,14 @@ class Reproduction:
         save_integer_model(model, path)
         return model
 
-    def system(self, name: str, train_sigma: float, sigma: float):
+    def source(self, name: str, train_sigma: float) -> Checkpoint | IntegerModel:
+        """The model system ``name`` certifies: the float model, or its QAT (IntRS) or PTQ integer model."""
         if name == "floatrs-fp":
-            return make_system(name, self.float_model(train_sigma), sigma, device=self.device)
-        return make_system(name, self.int_model(train_sigma, "qat" if name == "intrs-quant" else "ptq"), sigma,
-                           device=self.device)
+            return self.float_model(train_sigma)
+        return self.int_model(train_sigma, "qat" if name == "intrs-quant" else "ptq")
+
+    def system(self, name: str, train_sigma: float, sigma: float):
+        return make_system(name, self.source(name, train_sigma), sigma, device=self.device)
 
     def cell(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, alpha: float | None = None,
              n: int | None = None, images: int | None = None,
@@ -214,10 +217,9 @@ class Reproduction:
     def smooth(self, folder: Path, mode: str, name: str, train_sigma: float, sigma: float, **cell) -> Path:
         """One certify/predict TSV (resumed if interrupted); ``cell`` as ``Reproduction.cell`` takes it."""
         path, settings = self.cell(folder, mode, name, train_sigma, sigma, **cell)
-        run(mode, self.system(name, train_sigma, sigma), self.test_set, settings, path,
-            provenance={"train_sigma": train_sigma, "preset": self.preset.name}, resume=path.exists(),
-            progress=self.progress)
-        return path
+        job = plan(mode, name, self.source(name, train_sigma), self.test_set, settings, path, sigma=sigma,
+                   device=self.device, train_sigma=train_sigma, provenance={"preset": self.preset.name})
+        return job.run(resume=path.exists(), progress=self.progress)
 
     def folder(self, name: str) -> Path:
         path = self.out / name

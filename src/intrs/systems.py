@@ -100,6 +100,21 @@ def check_integer_model_fits(model: IntegerModel, info: DatasetInfo, path=None) 
                               f"{info.num_classes} classes: pass the matching model or --dataset")
 
 
+def model_facts(source: Checkpoint | IntegerModel) -> tuple[str | None, float | None]:
+    """(data set, training sigma) that a float checkpoint or an integer model records."""
+    if isinstance(source, IntegerModel):
+        return source.meta.get("dataset"), source.meta.get("sigma")
+    return source.dataset, source.sigma
+
+
+def check_fits(source: Checkpoint | IntegerModel, info: DatasetInfo, path=None) -> None:
+    """Raise unless the model (float or integer) was made for data set ``info``."""
+    if isinstance(source, IntegerModel):
+        check_integer_model_fits(source, info, path)
+    else:
+        source.check_fits(info)
+
+
 def make_system(name: str, source: Checkpoint | IntegerModel, sigma: float, noise: str | None = None,
                 device=None) -> System:
     """The system called ``name`` on ``source`` (a float checkpoint for floatrs-fp, an integer model for
