@@ -37,6 +37,7 @@ def test_every_experiment_writes_data_tables_and_figures(ci_run):
     for label in ("| FloatRS-fp | r = 0 | r = 0.25", "| IntRS-quant | r = 0 | r = 0.25",
                   "| FloatRS-quant | r = 0 | r = 0.25", "sigma = 1.00", "IntRS-quant - FloatRS-fp", "| 8 | 116 |"):
         assert label in table
+    assert "IntRS speed-up" in (ci_run / "table1" / "table1.md").read_text()
     table1 = (ci_run / "table1" / "table1.csv").read_text().splitlines()
     assert table1[0].startswith("n,FloatRS-fp correct") and [r.split(",")[0] for r in table1[1:]] == ["100", "200"]
     linf = (ci_run / "pgd-linf" / "accuracy.csv").read_text().splitlines()
@@ -88,6 +89,11 @@ def test_report_is_one_self_contained_page(ci_run):
     page = (ci_run / "report.html").read_text()
     assert page.count("<img src=\"data:image/png;base64,") >= 8 and "<table>" in page
     assert "Departures from the paper" in page and "certify-sigma" in page
+    # issue 19: the paper's names as headings, a contents list, the software that ran and rendered it, and every
+    # setting that departs from the paper's protocol
+    assert "<h2>Contents</h2>" in page and "Tables 2 and 3: certified accuracy" in page and "Figure 10: PGD L2" in page
+    assert page.count("intrs 0.") >= 2 and "commit " in page
+    assert "<code>n: 100,000 -&gt; 100</code>" in page and "<code>dataset: cifar10 -&gt; fashion-mnist</code>" in page
 
 
 def test_rerun_resumes_without_recomputing(capsys, ci_run):

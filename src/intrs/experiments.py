@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .about import software
 from .attacks import pgd, to_pixel_grid
 from .certification import CertifySettings, plan
 from .checkpoint import Checkpoint, load_checkpoint
@@ -107,6 +108,29 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# The paper's protocol, field by field (CIFAR-10, SPEC section 8): what every reduction departs from.
+PAPER_PROTOCOL = Preset("paper", "cifar10")
+_NOT_PROTOCOL = {"name", "dataset", "reductions"}
+
+
+def departures(chosen: Preset) -> list[str]:
+    """Every setting of ``chosen`` that differs from the paper's protocol, as "field: paper -> this run"
+    (with the data set first), so no reduction goes unlisted, n0 included."""
+    found = [f"dataset: {PAPER_PROTOCOL.dataset} -> {chosen.dataset}"] if chosen.dataset != PAPER_PROTOCOL.dataset \
+        else []
+    for name, paper in asdict(PAPER_PROTOCOL).items():
+        value = getattr(chosen, name)
+        if name not in _NOT_PROTOCOL and value != paper and not (isinstance(paper, tuple) and tuple(value) == paper):
+            found.append(f"{name}: {_setting(paper)} -> {_setting(value)}")
+    return found
+
+
+def _setting(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_setting(v) for v in value) + ")"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
@@ -149,8 +173,12 @@ class Reproduction:
             if previous.get("preset") != json.loads(json.dumps(settings["preset"])) or previous.get("seed") != seed:
                 raise OutputExistsError(f"{self.out} holds a run of other settings ({previous['preset']['name']}, "
                                         f"seed {previous.get('seed')}): choose another --out")
-        else:  # atomically: a torn preset.json would make the folder unreadable
-            write_text_atomically(settings_path, json.dumps(settings, indent=2) + "\n")
+            settings["software"] = previous.get("software", [])
+        # the software of every start of the run (intrs version, commit, date), and its departures from the
+        # paper's protocol, for the report; written atomically: a torn preset.json would make the folder unreadable
+        settings["software"] = settings.get("software", []) + [software()]
+        settings["departures"] = departures(chosen)
+        write_text_atomically(settings_path, json.dumps(settings, indent=2) + "\n")
         self._test: ImageSet | None = None
 
     # ------------------------------------------------------------ shared parts

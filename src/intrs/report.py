@@ -293,10 +293,14 @@ def _render_table1(folder: Path, preset: dict, facts: dict) -> None:
     _write_csv(folder / "table1.csv", TABLE1_HEADER, rows)
     shown = [[str(row[0])] + [f"{float(v):.{3 if i % 3 == 2 else 2}f}" if v else "-" for i, v in enumerate(row[1:])]
              for row in rows]
-    header = ["n", "FloatRS-fp correct", "abstain", "s/image", "IntRS-quant correct", "abstain", "s/image"]
+    for row, cells in zip(rows, shown):  # the integer speed-up: FloatRS-fp's seconds per image over IntRS-quant's
+        cells.append(f"{float(row[3]) / float(row[6]):.2f}x" if row[3] and row[6] and float(row[6]) > 0 else "-")
+    header = ["n", "FloatRS-fp correct", "abstain", "s/image", "IntRS-quant correct", "abstain", "s/image",
+              "IntRS speed-up"]
     write_text_atomically(folder / "table1.md",
-        f"Table 1: PREDICT with sigma = {facts['sigma']}, alpha = {preset['alpha']} ({facts['images']} test images)\n\n"
-        + markdown_table(header, shown))
+        f"Table 1: PREDICT with sigma = {facts['sigma']}, alpha = {preset['alpha']} ({facts['images']} test images); "
+        "s/image: wall seconds per image on the machine of the run; IntRS speed-up: FloatRS-fp's s/image over "
+        "IntRS-quant's\n\n" + markdown_table(header, shown))
 
 
 def _cell_rows(folder: Path, facts: dict) -> list[tuple[dict, list[dict], list[int] | None]]:
@@ -311,14 +315,20 @@ def _cell_rows(folder: Path, facts: dict) -> list[tuple[dict, list[dict], list[i
     return found
 
 
+# line style, width and marker per curve: FloatRS-fp's curve (drawn first, wide) shows under one that overlaps it
+_STYLES = ({"linestyle": "-", "linewidth": 3.0, "alpha": 0.6}, {"linestyle": "--", "linewidth": 1.6},
+           {"linestyle": ":", "linewidth": 2.0}, {"linestyle": "-.", "linewidth": 1.4},
+           {"linestyle": (0, (5, 1, 1, 1)), "linewidth": 1.4}, {"linestyle": (0, (1, 1)), "linewidth": 1.4})
+
+
 def _accuracy_figure(path: Path, curves: list[tuple[str, list[dict]]], title: str, largest: float) -> Path:
     plt = _pyplot("the reproduction's figures")
     grid = [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, rows in curves:
-        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label)
+    for i, (label, rows) in enumerate(curves):  # overlapping curves stay visible: a style each
+        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label, **_STYLES[i % len(_STYLES)])
     ax.set_xlabel("L2 radius ([0, 1] pixel units; the integer systems certify whole 8-bit steps, r x 255)")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("certified accuracy (fraction of test images)")
     ax.set_title(title)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -407,7 +417,7 @@ def _line_figure(path: Path, rows: list[list[str]], labels: list[str], xlabel: s
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [float(r[0]) for r in rows]
     for column, label in enumerate(labels, start=1):
-        ax.plot(xs, [float(r[column]) for r in rows], marker="o", label=label)
+        ax.plot(xs, [float(r[column]) for r in rows], label=label, **_STYLES[(column - 1) % len(_STYLES)])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
@@ -453,8 +463,8 @@ def _render_pgd_linf(folder: Path, preset: dict, facts: dict) -> None:
         f"sigma = {facts['sigma']}; the adversarial image is truncated to the 8-bit grid; the quantized model is "
         f"attacked through its fake-quantized twin and judged by the integer engine ({facts['images']} test images)"
         "\n\n" + markdown_table(table[0], table[1:]))
-    _line_figure(folder / "accuracy.png", table[1:], ["float", "quantized (integer engine)"], "eps (L-inf)",
-                 "accuracy", "PGD L-inf on the base classifiers")
+    _line_figure(folder / "accuracy.png", table[1:], ["float", "quantized (integer engine)"],
+                 "eps (L-inf, [0, 1] pixel units)", "accuracy (fraction of test images)", "PGD L-inf on the base classifiers")
     examples = folder / "adversarial_images.npz"
     if examples.exists():
         with np.load(examples) as data:
@@ -471,7 +481,8 @@ def _render_pgd_l2(folder: Path, preset: dict, facts: dict) -> None:
         f"Figure 10: PGD L2 ({facts['steps']} steps, {preset['attack_samples']} noise samples per step) against the "
         f"smoothed classifiers, then PREDICT (n = {preset['predict_n']}, alpha = {facts['predict_alpha']}, "
         f"sigma = {facts['sigma']}), {facts['images']} test images\n\n" + markdown_table(table[0], table[1:]))
-    _line_figure(folder / "accuracy.png", table[1:], ["FloatRS-fp", "IntRS-quant"], "eps (L2)", "PREDICT accuracy",
+    _line_figure(folder / "accuracy.png", table[1:], ["FloatRS-fp", "IntRS-quant"], "eps (L2, [0, 1] pixel units)",
+                 "PREDICT accuracy (fraction of test images)",
                  "PGD L2 against the smoothed classifiers")
 
 
@@ -553,36 +564,63 @@ def _markdown_to_html(text: str) -> str:
     return "\n".join(out)
 
 
+# The paper's names for each experiment's tables and figures: the report's headings.
+PAPER_NAMES = {"table1": "Table 1: PREDICT, accuracy and abstention against n",
+               "certify-sigma": "Tables 2 and 3: certified accuracy of the three systems at each sigma",
+               "sigma-mismatch": "Tables 4 and 5: certified accuracy when the certify sigma differs from the training sigma",
+               "pgd-linf": "Figures 1 and 9: PGD L-inf against the base classifiers",
+               "pgd-l2": "Figure 10: PGD L2 against the smoothed classifiers",
+               "alpha": "Figure 11: certified accuracy for several alpha",
+               "noisy-images": "Figures 12 and 13: noisy test images"}
+
+
 def write_html_report(run_dir: str | Path) -> Path:
-    """RUN_DIR/report.html: the settings, then every experiment's tables and figures, self-contained."""
+    """RUN_DIR/report.html: the software and settings, the departures from the paper's protocol, a contents
+    list, then every experiment's tables and figures under the paper's names; self-contained (PNGs inline)."""
     import base64
     import html
     import json
 
+    from .about import software
+
     run_dir = Path(run_dir)
     settings = _run_settings(run_dir)
     preset = settings["preset"]
-    parts = [f"<h1>intrs reproduction: preset {html.escape(preset['name'])}</h1>",
-             f"<p>data set {html.escape(preset['dataset'])}, seed {settings.get('seed')}</p>"]
-    if preset.get("reductions"):
-        parts.append("<h2>Departures from the paper's settings</h2><ul>"
-                     + "".join(f"<li>{html.escape(r)}</li>" for r in preset["reductions"]) + "</ul>")
-    parts.append("<details><summary>all settings</summary><pre>" + html.escape(json.dumps(preset, indent=2))
+    esc = html.escape
+    made = software()
+    runs = settings.get("software") or []
+    parts = [f"<h1>intrs reproduction: preset {esc(preset['name'])}</h1>",
+             f"<p>data set {esc(preset['dataset'])}, seed {settings.get('seed')}. Rendered by intrs {esc(made['intrs'])} "
+             f"(commit {esc(made['commit'])}) on {esc(made['date'])}.</p>"]
+    if runs:
+        parts.append("<p>Run by: " + "; ".join(f"intrs {esc(r['intrs'])} (commit {esc(r['commit'])}) started "
+                                               f"{esc(r['date'])}" for r in runs) + ".</p>")
+    departures = settings.get("departures")
+    if departures or preset.get("reductions"):
+        parts.append("<h2 id='departures'>Departures from the paper's protocol</h2>")
+        if preset.get("reductions"):
+            parts.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in preset["reductions"]) + "</ul>")
+        if departures:
+            parts.append("<p>Every setting that differs from the paper's (paper -> this run):</p><ul>"
+                         + "".join(f"<li><code>{esc(d)}</code></li>" for d in departures) + "</ul>")
+    parts.append("<details><summary>all settings</summary><pre>" + esc(json.dumps(preset, indent=2))
                  + "</pre></details>")
-    for name in EXPERIMENTS:
+    present = [name for name in EXPERIMENTS if (run_dir / name).is_dir()]
+    parts.append("<h2>Contents</h2><ol>" + "".join(f"<li><a href='#{name}'>{esc(PAPER_NAMES[name])}</a> "
+                                                  f"({esc(name)})</li>" for name in present) + "</ol>")
+    for name in present:
         folder = run_dir / name
-        if not folder.is_dir():
-            continue
-        parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(f"<h2 id='{name}'>{esc(PAPER_NAMES[name])} <small>({esc(name)})</small></h2>")
         for md in sorted(folder.glob("*.md")):
             parts.append(_markdown_to_html(md.read_text()))
         for png in sorted(folder.glob("*.png")):
             data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(png.name)}">'
-                         f"<figcaption>{html.escape(png.name)}</figcaption></figure>")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(png.name)}">'
+                         f"<figcaption>{esc(png.name)}</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-             "text-align:right}th{background:#eee}img{max-width:100%}figcaption{color:#666;font-size:small}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>intrs {html.escape(preset['name'])}</title>"
+             "text-align:right}th{background:#eee}img{max-width:100%}figcaption{color:#666;font-size:small}"
+             "small{color:#666;font-weight:normal}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>intrs {esc(preset['name'])}</title>"
             f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     return write_text_atomically(run_dir / "report.html", page)
