@@ -32,3 +32,43 @@ def test_bench_reports_every_contender(capsys, tmp_path, monkeypatch):
 def test_bench_rejects_bad_flags(capsys):
     code, _, err = run_cli(capsys, "bench", "--inputs", "32x32")
     assert_one_line_error(code, err, "CxHxW")
+
+
+def test_bench_reads_its_ratios_against_the_cpus_ceiling(capsys, tmp_path, monkeypatch):
+    """Issue 14: the peak loops' rates, the ceiling ratio per instruction set, and each IntRS row's fraction of
+    it, consistent with each other (the rates themselves depend on the machine and are not asserted)."""
+    import intrs.bench as bench
+    from intrs import kernels
+
+    if not kernels.available() or not kernels.peak_rates(rounds=1000, pieces=1):
+        import pytest
+
+        pytest.skip("no compiled kernels or no peak loops for this CPU")
+    monkeypatch.setattr(bench, "bench_noise", lambda: {"discrete": 1.0})
+    fast = kernels.peak_rates(rounds=20_000, pieces=1)
+    monkeypatch.setattr(bench.kernels, "peak_rates", lambda: fast)
+    out = tmp_path / "b.json"
+    code, stdout, _ = run_cli(capsys, "bench", "--inputs", "1x8x8", "--batches", "50", "--samples", 100,
+                              "--repeats", 1, "--out", out)
+    data = json.loads(out.read_text())
+    limits = data["settings"]["ceiling"]
+    assert code == 0 and "ceiling ratio" in stdout and limits["fp32"]["loop"] in fast
+    for isa, loop in limits["int8"].items():
+        assert abs(loop["ratio"] - fast[loop["loop"]] / limits["fp32"]["gmacs"]) < 1e-9
+    rows = [r for r in data["certification"] if r["contender"] == bench.INTRS_COMPILED]
+    assert rows and all(r["of_ceiling"] is not None for r in rows)
+    isa = kernels.instruction_set()
+    assert all(abs(r["of_ceiling"] - r["ratio_to_fastest_float"] / limits["int8"][isa]["ratio"]) < 1e-9 for r in rows)
+    assert all(r["of_ceiling"] is None for r in data["certification"] if r["contender"] in bench.FLOATS)
+
+
+def test_pytorch_restricted_to_avx2_is_read_against_avx2_fma(monkeypatch):
+    import intrs.bench as bench
+
+    rates = {bench.FP32_WIDE: 100.0, bench.FP32_AVX2: 50.0, "vpmaddwd int16 pairs (AVX2)": 60.0}
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert bench.ceiling(rates)["fp32"]["loop"] == bench.FP32_WIDE and bench.float_restriction() is None
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert bench.ceiling(rates)["fp32"]["loop"] == bench.FP32_AVX2
+    assert bench.float_restriction() == "ATEN_CPU_CAPABILITY=avx2"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ class Measurement:
     peak_rss_mib: float  # the process's peak resident memory so far (cumulative across contenders)
     noise_share: float  # the fraction of the loop's time spent drawing noise
     device: str = "cpu"  # where the contender's forward pass runs
+    of_ceiling: float | None = None  # IntRS on the kernels: ratio_to_fastest_float over the ceiling ratio
 
 
 class OnnxClassifier:
@@ -169,6 +171,41 @@ def _contenders(shape: tuple[int, int, int], seed: int, device: torch.device | N
     return contenders
 
 
+# The peak loop (csrc/peak.c) each instruction set's convolutions run, and the float contenders' FMA.
+KERNEL_PEAKS = {"avx2": "vpmaddwd int16 pairs (AVX2)", "avx512-vnni": "vpdpbusd u8 x s8 (AVX-512 VNNI)"}
+FP32_WIDE, FP32_AVX2 = "fp32 FMA (AVX-512)", "fp32 FMA (AVX2)"
+
+
+def float_restriction() -> str | None:
+    """The environment's limit on PyTorch's float instruction set (ATen's kernels: ATEN_CPU_CAPABILITY; the
+    convolutions' oneDNN: ONEDNN_MAX_CPU_ISA), said as the bench prints it, or None."""
+    said = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+            if os.environ.get(name)]
+    return ", ".join(said) or None
+
+
+def ceiling(rates: dict[str, float] | None = None) -> dict:
+    """The ceiling of this CPU for IntRS against float, from one core's peak rates (``kernels.peak_rates``):
+    the float contenders' FMA (AVX-512 where the CPU has it, unless PyTorch is restricted to AVX2) and, per
+    instruction set the kernels can run here, its convolution loop's rate and the ratio of the two. That
+    ratio bounds what a whole network can reach against a float runtime that uses its FMA as well."""
+    rates = kernels.peak_rates() if rates is None else rates
+    restricted = any(os.environ.get(name, "").lower().startswith("avx2")
+                     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
+    fp32 = FP32_AVX2 if restricted or FP32_WIDE not in rates else FP32_WIDE
+    if fp32 not in rates:
+        return {}
+    return {"fp32": {"loop": fp32, "gmacs": rates[fp32]}, "restriction": float_restriction(),
+            "int8": {isa: {"loop": loop, "gmacs": rates[loop], "ratio": rates[loop] / rates[fp32]}
+                     for isa, loop in KERNEL_PEAKS.items() if loop in rates and isa in kernels.instruction_sets()},
+            "peaks": rates}
+
+
+def _kernel_isa(name: str) -> str | None:
+    """The instruction set a contender's integer kernels run, or None for the others."""
+    return {INTRS_COMPILED: kernels.instruction_set(), INTRS_AVX2: "avx2"}.get(name)
+
+
 def _time_loop(base, noise, pixels: torch.Tensor, samples: int, batch: int) -> float:
     smoothed = SmoothedClassifier(base, noise, 10, batch)
     start = time.perf_counter()
@@ -190,10 +227,12 @@ def _time_noise(noise, pixels: torch.Tensor, samples: int, batch: int) -> float:
 
 def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 1000), samples: int = 2000,
                         repeats: int = 3, seed: int = 0, progress=None,
-                        device: torch.device | None = None) -> list[Measurement]:
+                        device: torch.device | None = None, limits: dict | None = None) -> list[Measurement]:
     """samples/s of each contender's certification loop; the best of ``repeats`` interleaved rounds
-    (``device``: also FloatRS-fp and IntRS there)."""
+    (``device``: also FloatRS-fp and IntRS there). With ``limits`` (``ceiling()``), each IntRS row on the
+    kernels also says what fraction of the CPU's ceiling ratio it reaches."""
     results = []
+    per_isa = (limits or {}).get("int8", {})
     for shape in shapes:
         contenders = _contenders(shape, seed, device)
         pixels = torch.randint(0, 256, shape, dtype=torch.uint8)
@@ -211,8 +250,10 @@ def bench_certification(shapes=((3, 32, 32), (1, 28, 28)), batches=(100, 400, 10
                 floats = (float_on(device),) if on != "cpu" else FLOATS
                 reference = best[floats[0]]
                 fastest = max(rate for other, rate in best.items() if other in floats)
+                isa = _kernel_isa(name) if on == "cpu" else None
+                share = rate / fastest / per_isa[isa]["ratio"] if isa in per_isa else None
                 results.append(Measurement(name, shape, batch, rate, rate / reference, rate / fastest, peak[name],
-                                           rate / noise_rate[name], on))
+                                           rate / noise_rate[name], on, share))
                 if progress:
                     progress(results[-1])
     return results
@@ -238,12 +279,26 @@ def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
 
 def format_table(results: list[Measurement], noise: dict) -> str:
     header = ["contender", "device", "input", "batch", "samples/s", "vs PyTorch fp32", "vs fastest fp32",
-              "noise share", "peak RSS MiB"]
+              "of ceiling", "noise share", "peak RSS MiB"]
     rows = [[r.contender, r.device, "x".join(map(str, r.input_shape)), r.batch, f"{r.samples_per_second:,.0f}",
-             f"{r.ratio_to_float:.2f}", f"{r.ratio_to_fastest_float:.2f}", f"{r.noise_share:.0%}",
+             f"{r.ratio_to_float:.2f}", f"{r.ratio_to_fastest_float:.2f}",
+             f"{r.of_ceiling:.0%}" if r.of_ceiling is not None else "-", f"{r.noise_share:.0%}",
              f"{r.peak_rss_mib:,.0f}"] for r in results]
     return (markdown_table(header, rows) + "\n"
             + markdown_table(["noise sampler", "draws/s"], [[name, f"{rate:,.0f}"] for name, rate in noise.items()]))
+
+
+def describe_ceiling(limits: dict) -> str:
+    """The ceiling as one paragraph of the bench's output."""
+    if not limits:
+        return "ceiling: not measured (no compiled kernels, or no x86 peak loops for this CPU)\n"
+    fp32 = limits["fp32"]
+    lines = [f"ceiling (one core, peak loops of csrc/peak.c, measured in this run): float contenders' "
+             f"{fp32['loop']} {fp32['gmacs']:.1f} GMAC/s"
+             + (f" (PyTorch restricted: {limits['restriction']})" if limits.get("restriction") else "")]
+    for isa, loop in limits["int8"].items():
+        lines.append(f"  IntRS {isa}: {loop['loop']} {loop['gmacs']:.1f} GMAC/s, ceiling ratio {loop['ratio']:.2f}x")
+    return "\n".join(lines) + "\n"
 
 
 def machine(device: torch.device | None = None) -> dict:

@@ -604,7 +604,8 @@ def report_command(run_dir) -> None:
 def bench_command(inputs, batches, samples, repeats, out, device) -> None:
     """Time the certification loop (noise + forward + votes) of FloatRS-fp, IntRS and reference int8 runtimes
     (with --device cuda: FloatRS-fp and IntRS on the GPU as well)."""
-    from .bench import bench_certification, bench_noise, format_table, machine, write_json
+    from .bench import (bench_certification, bench_noise, ceiling, describe_ceiling, float_restriction,
+                        format_table, machine, write_json)
 
     device = _device(device)
 
@@ -616,15 +617,20 @@ def bench_command(inputs, batches, samples, repeats, out, device) -> None:
                           f"{inputs!r}") from None
     if min(sizes) < 1 or samples < 1 or repeats < 1 or any(len(s) != 3 or min(s) < 1 for s in shapes):
         raise ConfigError("--batches, --samples and --repeats must be positive, --inputs shapes CxHxW")
+    limits = ceiling()
     results = bench_certification(shapes=shapes, batches=sizes, samples=samples, repeats=repeats, device=device,
+                                  limits=limits,
                                   progress=lambda r: click.echo(f"  {r.contender} {r.input_shape} batch {r.batch}: "
                                                                 f"{r.samples_per_second:,.0f} samples/s", err=True))
     noise = bench_noise()
     click.echo(format_table(results, noise), nl=False)
     where = machine(device)
     click.echo(f"measured with {where['threads']} threads, integer kernels: {where['intrs_kernels']}, "
-               f"CPU: {where['cpu']}" + (f", GPU: {where['gpu']}" if "gpu" in where else ""))
-    write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats, **where})
+               f"CPU: {where['cpu']}" + (f", GPU: {where['gpu']}" if "gpu" in where else "")
+               + (f", PyTorch restricted by {float_restriction()}" if float_restriction() else ""))
+    click.echo(describe_ceiling(limits), nl=False)
+    write_json(out, results, noise, {"batches": sizes, "samples": samples, "repeats": repeats, **where,
+                                     "ceiling": limits})
     click.echo(f"wrote {out}")
 
 

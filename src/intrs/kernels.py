@@ -193,6 +193,25 @@ def library() -> ctypes.CDLL | None:
     return None
 
 
+def peak_rates(rounds: int = 400_000, pieces: int = 5) -> dict[str, float]:
+    """GMAC/s of one core for each multiply-accumulate loop of ``csrc/peak.c`` this CPU has (its name -> rate),
+    the best of ``pieces`` runs of ``rounds`` x 12 steps (the defaults take about half a second in all): the
+    ceiling that speed ratios are read against. {} without the compiled kernels or on a CPU without them."""
+    lib = library()
+    if lib is None:
+        return {}
+    lib.intrs_peak_name.argtypes, lib.intrs_peak_name.restype = [ctypes.c_int], ctypes.c_char_p
+    lib.intrs_peak_rate.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    lib.intrs_peak_rate.restype = ctypes.c_double
+    rates, kind = {}, 0
+    while (name := lib.intrs_peak_name(kind)) is not None:
+        rate = lib.intrs_peak_rate(kind, rounds, pieces)
+        if rate > 0:
+            rates[name.decode()] = rate
+        kind += 1
+    return rates
+
+
 def available() -> bool:
     return os.environ.get(ENGINE_ENV, "auto") != "reference" and library() is not None
 
