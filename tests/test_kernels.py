@@ -104,6 +104,33 @@ def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool
     assert got.dtype == torch.int8 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("activation", [-128, 127])
+@pytest.mark.parametrize("pattern", ["all +127", "all -127", "random signs"])
+def test_worst_case_operands_equal_the_reference(isa, activation, pattern):
+    """The operands that break inexact int8 schemes: every activation at -128 (x - z_in = -255: the lifted u8
+    value 0) or 127 (x - z_in = 255, u8 255) against weights all +-127, the accumulators as large as an int8
+    layer's can be (255 * 127 * 9 * 32, within int32 as TFLite requires), scaled back into range by the shift."""
+    model = random_model(21, 1, 32, 8, "global", False)
+    first, body, skip = model.layers[0], model.layers[1], model.layers[2]
+    zero = 127 if activation == -128 else -128  # the other end: |x - z_in| = 255
+    first.weight[:] = 0
+    first.bias[:] = -(2 ** 30) if activation == -128 else 2 ** 30  # saturates every output at `activation`
+    first.output_zero_point, first.act_min, first.act_max, first.relu = zero, -128, 127, False
+    body.input_zero_point = skip.input_zero_point = zero
+    rng = np.random.default_rng(abs(activation))
+    signs = {"all +127": 1, "all -127": -1, "random signs": rng.choice([-1, 1], size=body.weight.shape)}[pattern]
+    body.weight[:] = (127 * np.ones(body.weight.shape, dtype=np.int64) * signs).astype(np.int8)
+    body.bias[:] = 0
+    body.shift[:] = -16  # 255 * 127 * 288 * M0 / 2^31 / 2^16: around 100, inside the int8 range
+    validate(model)
+    z = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.int32)
+    trace = []
+    want = engine.reference_forward(model, z, trace)
+    assert bool((trace[0] == activation).all())  # the layer under test sees only the extreme activation
+    assert not bool(((trace[1] == -128) | (trace[1] == 127)).all())  # its outputs are not all clamped away
+    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_resnet20_through_the_kernels_equals_the_reference(isa, shape, calibrated_resnet20):
     """The real network's shapes: every specialized tile (16, 14, 8, 7 pixels; strides 1 and 2)."""

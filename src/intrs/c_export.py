@@ -37,8 +37,8 @@ from .noise import PIXEL_MAX, LatticeNoise
 
 RADIUS_FRACTION_BITS = 16  # intrs_device.h's INTRS_RADIUS_FRACTION_BITS
 MAX_RADII = 16  # intrs_device.h's INTRS_MAX_RADII
-KERNEL_SOURCES = ("kernels.h", "portable.c", "program.c", "dispatch.c", "table_draw.c", "avx2.c", "vnni.c",
-                  "neon.c", "targets.txt")
+KERNEL_SOURCES = ("kernels.h", "portable.c", "program.c", "dispatch.c", "table_draw.c", "avx2_shared.h", "avx2.c",
+                  "avxvnni.c", "vnni.c", "neon.c", "targets.txt")
 DEVICE_SOURCES = ("intrs_device.h", "runtime.c", "example.c", "Makefile", "cortex-m/startup.c", "cortex-m/mps2.ld")
 _CSRC = Path(__file__).parent / "csrc"
 _DEVICE = Path(__file__).parent / "device"
@@ -52,7 +52,7 @@ _GUARDS = {"x86": "defined(__x86_64__)", "arm64": "defined(__aarch64__)",
 _C_TYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
             np.dtype(np.int64): "int64_t", np.dtype(np.uint64): "uint64_t"}
 # the kernels' level per target, for the arena (csrc/kernels.h: ISA_*)
-_TARGET_LEVELS = {"x86": (1, 2), "arm64": (3,), "other": (0,)}
+_TARGET_LEVELS = {"x86": (1, 2, 3), "arm64": (4,), "other": (0,)}
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ def _model_header(model, program, settings, table, arena, first, radii_count, st
         f"#define INTRS_INPUT_SATURATES {int(saturate)}\n#define INTRS_INPUT_MIN {low}\n#define INTRS_INPUT_MAX {high}\n"
         "/* the kernels' slots and scratch on the instruction sets each target has (intrs_arena_bytes) */\n"
         f"#if defined(__x86_64__)\n#define INTRS_ARENA_BYTES {arena['x86']}\n"
-        "#define INTRS_MODEL_RUNS_ON(level) ((level) == ISA_AVX2 || (level) == ISA_VNNI)\n"
+        "#define INTRS_MODEL_RUNS_ON(level) ((level) == ISA_AVX2 || (level) == ISA_AVX_VNNI || (level) == ISA_VNNI)\n"
         f"#elif defined(__aarch64__)\n#define INTRS_ARENA_BYTES {arena['arm64']}\n"
         "#define INTRS_MODEL_RUNS_ON(level) ((level) == ISA_NEON)\n"
         f"#else\n#define INTRS_ARENA_BYTES {arena['other']}\n#define INTRS_MODEL_RUNS_ON(level) 0\n#endif\n\n"

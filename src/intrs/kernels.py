@@ -41,12 +41,12 @@ from .errors import ConfigError, IntrsError
 from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
-_ABI = 5
+_ABI = 6
 _INT32_LIMIT = 2 ** 31 - 1
 
 # The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
 # the library's answer (``instruction_sets``).
-INSTRUCTION_SETS = ("portable", "avx2", "avx512-vnni", "neon-dotprod")
+INSTRUCTION_SETS = ("portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod")
 
 
 class KernelsBuildError(IntrsError):

@@ -28,6 +28,7 @@ static void detect(void) {
     /* __builtin_cpu_supports also checks that the OS saves the vector state (XCR0) */
     __builtin_cpu_init();
     has[ISA_AVX2] = __builtin_cpu_supports("avx2");
+    has[ISA_AVX_VNNI] = has[ISA_AVX2] && __builtin_cpu_supports("avxvnni");
     has[ISA_VNNI] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512vnni");
@@ -42,6 +43,7 @@ static const isa_t *table_of(int level) {
         case ISA_PORTABLE: return &intrs_isa_portable;
 #if defined(__x86_64__)
         case ISA_AVX2: return &intrs_isa_avx2;
+        case ISA_AVX_VNNI: return &intrs_isa_avxvnni;
         case ISA_VNNI: return &intrs_isa_vnni;
 #endif
 #if defined(__aarch64__)
@@ -69,6 +71,6 @@ int intrs_isa_granted(const isa_t *isa) {
 
 /* The name of every level this build knows, whether or not the CPU has it (null past the last). */
 const char *intrs_isa_name(int level) {
-    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx512-vnni", "neon-dotprod"};
+    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod"};
     return level >= 0 && level < ISA_COUNT ? names[level] : NULL;
 }

@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTRS_ABI 5
+#define INTRS_ABI 6
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -48,9 +48,10 @@
 /* Instruction sets, by level (a CPU has portable and those of its architecture; the best is its last). */
 #define ISA_PORTABLE 0
 #define ISA_AVX2 1
-#define ISA_VNNI 2
-#define ISA_NEON 3 /* aarch64 with the dot-product instructions (Armv8.2 DotProd) */
-#define ISA_COUNT 4
+#define ISA_AVX_VNNI 2 /* AVX2 with AVX-VNNI (vpdpbusd on ymm): the best where a CPU has it but no AVX-512 VNNI */
+#define ISA_VNNI 3
+#define ISA_NEON 4 /* aarch64 with the dot-product instructions (Armv8.2 DotProd) */
+#define ISA_COUNT 5
 
 /* One layer's requantization, per output channel (arrays of cout_pad int64). */
 typedef struct {
@@ -141,6 +142,7 @@ typedef struct {
 extern const isa_t intrs_isa_portable;
 #if defined(__x86_64__)
 extern const isa_t intrs_isa_avx2;
+extern const isa_t intrs_isa_avxvnni;
 extern const isa_t intrs_isa_vnni;
 #endif
 #if defined(__aarch64__)
@@ -214,6 +216,7 @@ INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
     const int64_t pairs = (s->cin + 1) & ~1, quads = (s->cin + 3) & ~3;
     int64_t staged = 0;
     if (level == ISA_AVX2) staged = framed * pairs * 2;
+    if (level == ISA_AVX_VNNI) staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_VNNI) staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
     const int64_t acc = 4 * (int64_t)s->cout_pad, bytes = staged > acc ? staged : acc;

@@ -1,0 +1,179 @@
+/* The AVX2 kernels' shared parts: int32-lane requantization, the int16-pair convolution (vpmaddwd) and ADD.
+ * Included by avx2.c and avxvnni.c, each compiling its own static copy with its own target flags (kernels.h:
+ * no code built for one instruction set is linked into another's table). */
+#ifndef INTRS_AVX2_SHARED_H
+#define INTRS_AVX2_SHARED_H
+
+#include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* MultiplyByQuantizedMultiplier on 8 int32 lanes, |acc| <= 2^30: AVX2 has no 64-bit arithmetic shift,
+ * but bits 31..62 of a M0 + 2^30 (the int32 result) come out of logical shifts just the same. */
+INLINE __m256i requant8_avx2(__m256i acc, __m256i mult, __m256i right, __m256i half, __m256i rounds) {
+    const __m256i nudge = _mm256_set1_epi64x((int64_t)1 << 30);
+    __m256i even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(acc, mult), nudge), 31);
+    __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(mult, 32));
+    odd = _mm256_slli_epi64(_mm256_add_epi64(odd, nudge), 1);
+    __m256i p = _mm256_blend_epi32(even, odd, 0xAA);
+    __m256i negative = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), p), rounds); /* -1 or 0 */
+    p = _mm256_add_epi32(_mm256_add_epi32(p, half), negative);
+    return _mm256_srav_epi32(p, right);
+}
+
+INLINE __m256i clamp8_avx2(__m256i v, const requant_t *q) {
+    v = _mm256_add_epi32(v, _mm256_set1_epi32((int32_t)q->zero_point));
+    v = _mm256_max_epi32(v, _mm256_set1_epi32((int32_t)q->act_min));
+    return _mm256_min_epi32(v, _mm256_set1_epi32((int32_t)q->act_max));
+}
+
+/* 16 int32 lanes in [-128, 127] (two vectors, in order) -> 16 int8. */
+INLINE __m128i pack16_avx2(__m256i a, __m256i b) {
+    __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+    return _mm_packs_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+}
+
+INLINE void store16(int8_t *out, __m128i bytes, int count) {
+    if (count >= 16) {
+        _mm_storeu_si128((__m128i *)out, bytes);
+    } else {
+        int8_t tmp[16];
+        _mm_storeu_si128((__m128i *)tmp, bytes);
+        memcpy(out, tmp, (size_t)count);
+    }
+}
+
+/* One output pixel's 16 channels from o: int32 sums (two vectors) -> int8, in int32 lanes when q->fast32
+ * (offset32 = the bias), otherwise with the scalar int64 definition and its overflow checks. */
+INLINE void epilogue_avx2(__m256i a, __m256i b, const requant_t *q, int o, int8_t *out, int count,
+                                     int *err) {
+    if (q->fast32) {
+        __m256i r[2];
+        for (int h = 0; h < 2; h++) {
+            int c = o + 8 * h;
+            __m256i right = _mm256_loadu_si256((const __m256i *)(q->right32 + c));
+            __m256i acc = _mm256_add_epi32(h ? b : a, _mm256_loadu_si256((const __m256i *)(q->offset32 + c)));
+            r[h] = clamp8_avx2(requant8_avx2(acc, _mm256_loadu_si256((const __m256i *)(q->mult32 + c)), right,
+                                             _mm256_loadu_si256((const __m256i *)(q->half32 + c)),
+                                             _mm256_cmpgt_epi32(right, _mm256_setzero_si256())), q);
+        }
+        store16(out, pack16_avx2(r[0], r[1]), count);
+        return;
+    }
+    int32_t sums[16];
+    _mm256_storeu_si256((__m256i *)sums, a);
+    _mm256_storeu_si256((__m256i *)(sums + 8), b);
+    for (int k = 0; k < count && k < 16; k++)
+        out[k] = finish_scalar(requant_scalar((int64_t)sums[k] + q->offset[o + k], q->mult[o + k], q->left[o + k],
+                                              q->right[o + k], q->half[o + k], err), q);
+}
+
+/* T output pixels x 16 channels: vpmaddwd on int16 pairs (x - z_in, w), exact: each pair sum is below 2^31
+ * and the caller bounds |x - z_in| sum|w| < 2^31. 16 ymm registers: 2T accumulators, T <= 6. */
+#define AVX2_TILE 6
+INLINE void tile_avx2(int T, const int16_t *u, int wp, int cin2, const conv_shape_t *s, int oy, int ox0,
+                                 const int16_t *w, const requant_t *q, int o, int8_t *yrow, int *err) {
+    __m256i acc[2][AVX2_TILE];
+    for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_si256();
+    const int step = s->sw * cin2;
+    for (int ky = 0; ky < s->kh; ky++)
+        for (int kx = 0; kx < s->kw; kx++) {
+            const int16_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * cin2;
+            for (int c = 0; c < cin2; c += 2, w += 32) {
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
+                for (int t = 0; t < T; t++) {
+                    int32_t pair;
+                    memcpy(&pair, base + t * step + c, 4);
+                    __m256i x = _mm256_set1_epi32(pair);
+                    acc[0][t] = _mm256_add_epi32(acc[0][t], _mm256_madd_epi16(x, w0));
+                    acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(x, w1));
+                }
+            }
+        }
+    int count = s->cout - o < 16 ? s->cout - o : 16;
+    for (int t = 0; t < T; t++)
+        epilogue_avx2(acc[0][t], acc[1][t], q, o, yrow + (int64_t)(ox0 + t) * s->cout + o, count, err);
+}
+
+/* Any convolution through int16 pairs: x int8 (x_is_int8) or int32 (the first layer, |x - z_in| < 2^15).
+ * w: [cout_pad/16][kh*kw][cin2/2][16][2] int16, the layout of the VNNI first layer. */
+static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, const int16_t *w,
+                                      const requant_t *q, int8_t *y, int16_t *u) {
+    const int cin2 = (s->cin + 1) & ~1, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
+    const int64_t block = (int64_t)s->kh * s->kw * cin2 * 16;
+    int err = 0;
+    const int32_t zp = (int32_t)s->input_zero_point;
+    for (int b = 0; b < s->n; b++) {
+        memset(u, 0, (size_t)hp * wp * cin2 * 2);
+        const int64_t image = (int64_t)b * s->h * s->w * s->cin;
+        for (int iy = 0; iy < s->h; iy++)
+            for (int ix = 0; ix < s->w; ix++) {
+                int16_t *dst = u + ((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin2;
+                int64_t at = image + ((int64_t)iy * s->w + ix) * s->cin;
+                if (x_is_int8)
+                    for (int c = 0; c < s->cin; c++) dst[c] = (int16_t)(((const int8_t *)x)[at + c] - zp);
+                else
+                    for (int c = 0; c < s->cin; c++) dst[c] = (int16_t)(((const int32_t *)x)[at + c] - zp);
+            }
+        for (int oy = 0; oy < s->oh; oy++) {
+            int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
+            for (int o = 0; o < s->cout; o += 16) {
+                const int16_t *wb = w + (o / 16) * block;
+                for (int ox0 = 0; ox0 < s->ow; ox0 += AVX2_TILE) {
+                    int T = s->ow - ox0 < AVX2_TILE ? s->ow - ox0 : AVX2_TILE;
+                    switch (T) {
+                        case 1: tile_avx2(1, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        case 2: tile_avx2(2, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        case 3: tile_avx2(3, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        case 4: tile_avx2(4, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        case 5: tile_avx2(5, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        default: tile_avx2(6, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                    }
+                }
+            }
+        }
+    }
+    return err;
+}
+
+/* ADD in 8 int32 lanes (shifts <= 0, as TFLite validates: see vnni.c's add_vnni), on int8 runs only. */
+static int add_avx2(const op_t *op, const void *in0, const void *in1, void *out) {
+    if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
+    const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
+    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(op, in0, in1, out);
+    const int8_t *a = in0, *b = in1;
+    int8_t *y = out;
+    requant_t q = {0};
+    q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i m[3], r[3], h[3], g[3];
+    for (int k = 0; k < 3; k++) {
+        int64_t right = -p[4 + 2 * k];
+        m[k] = _mm256_set1_epi32((int32_t)p[3 + 2 * k]), r[k] = _mm256_set1_epi32((int32_t)right);
+        h[k] = _mm256_set1_epi32((int32_t)(((int64_t)1 << right) >> 1));
+        g[k] = _mm256_cmpgt_epi32(r[k], zero);
+    }
+    const __m256i z1 = _mm256_set1_epi32((int32_t)p[0]), z2 = _mm256_set1_epi32((int32_t)p[1]);
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m256i out[2];
+        for (int half = 0; half < 2; half++) {
+            __m256i xa = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(a + i + 8 * half)));
+            __m256i xb = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + i + 8 * half)));
+            xa = _mm256_slli_epi32(_mm256_sub_epi32(xa, z1), ADD_LEFT_SHIFT);
+            xb = _mm256_slli_epi32(_mm256_sub_epi32(xb, z2), ADD_LEFT_SHIFT);
+            __m256i sum = _mm256_add_epi32(requant8_avx2(xa, m[0], r[0], h[0], g[0]),
+                                           requant8_avx2(xb, m[1], r[1], h[1], g[1]));
+            out[half] = clamp8_avx2(requant8_avx2(sum, m[2], r[2], h[2], g[2]), &q);
+        }
+        _mm_storeu_si128((__m128i *)(y + i), pack16_avx2(out[0], out[1]));
+    }
+    /* the tail: the portable loop on the last count - i values */
+    op_t tail = *op;
+    tail.from0 = tail.from1 = tail.to = (layout_t){1, (int)(count - i), 1, 0, 1, 0, 0};
+    return intrs_add_portable(&tail, a + i, b + i, y + i);
+}
+
+#endif
+#endif
