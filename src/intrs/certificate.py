@@ -28,6 +28,7 @@ import mpmath
 import numpy as np
 from scipy.stats import beta, norm
 
+from . import discrete
 from .confidence import clopper_pearson_lower
 from .errors import ConfigError
 
@@ -123,11 +124,6 @@ def radius_table(n: int, alpha: float, sigma: float, fraction_bits: int = 16) ->
 # ---------------------------------------------------------------- the discrete Gaussian margin h(delta)
 
 
-def _theta(s: mpmath.mpf) -> mpmath.mpf:
-    """theta = sum_k phi_s(k) = 1 + 2 sum_{j>=1} exp(-2 pi^2 s^2 j^2) (Poisson summation)."""
-    return 1 + 2 * mpmath.nsum(lambda j: mpmath.exp(-2 * mpmath.pi ** 2 * s ** 2 * j ** 2), [1, mpmath.inf])
-
-
 def one_coordinate_margin(sigma_q, m: int, digits: int = 40) -> float:
     """h(m) = P[k < m] + P[k = m] / 2 - Phi(m / sigma_q) for k ~ N_Z(0, sigma_q^2), in high precision.
 
@@ -141,7 +137,9 @@ def one_coordinate_margin(sigma_q, m: int, digits: int = 40) -> float:
         density = lambda x: mpmath.exp(-mpmath.mpf(x) ** 2 / (2 * s ** 2)) / (s * mpmath.sqrt(2 * mpmath.pi))
         trapezoid = mpmath.fsum(density(k) for k in range(1, m)) + (density(0) + density(m)) / 2
         integral = mpmath.ncdf(mpmath.mpf(m) / s) - mpmath.mpf(1) / 2
-        return float(trapezoid / _theta(s) - integral)
+        # theta of the density phi_s (which sums to about 1): the weights' normalizer over s sqrt(2 pi)
+        theta = discrete.normalizer(Fraction(sigma_q)) / (s * mpmath.sqrt(2 * mpmath.pi))
+        return float(trapezoid / theta - integral)
 
 
 def proven_one_coordinate_steps(sigma_q) -> int:
@@ -165,14 +163,14 @@ def proven_one_coordinate_steps(sigma_q) -> int:
     return max(math.floor(s), math.ceil(bound) - 1)
 
 
-def _scaled_pmf(sigma: float, step: int, digits_tail: int = 40) -> tuple[np.ndarray, int]:
-    """pmf of step * k for k ~ N_Z(0, sigma^2) on the grid of multiples of 1, from -step*K."""
-    support = int(math.ceil(sigma * math.sqrt(2 * math.log(10) * digits_tail))) + 2
+def _scaled_pmf(sigma: float, step: int) -> tuple[np.ndarray, int]:
+    """pmf of step * k for k ~ N_Z(0, sigma^2) on the grid of multiples of 1, from -step*K (``intrs.discrete``:
+    the support and the normalizer the samplers use)."""
+    sigma_q = Fraction(sigma)
+    support = discrete.tail_support(sigma_q)
     ks = np.arange(-support, support + 1)
-    weights = np.exp(-ks.astype(np.float64) ** 2 / (2 * sigma * sigma))
-    pmf = weights / math.fsum(weights)
     out = np.zeros(2 * support * step + 1)
-    out[(ks + support) * step] = pmf
+    out[(ks + support) * step] = discrete.pmf(sigma_q, ks)
     return out, support * step
 
 

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from . import kernels
+from . import discrete, kernels
 from .certificate import CERTIFICATE_STATUS, certified_radius
 from .data import PIXEL_MAX
+from .discrete import PRECISION_BITS as _PRECISION_BITS, tail_support
 from .errors import ConfigError
 from .rng import device_stream, stream_seed
 
@@ -159,8 +160,6 @@ def exact_discrete_gaussian(sigma_q: Fraction, count: int, rng: random.Random) -
 
 
 TABLE_BITS = 128  # thresholds are 128-bit integers, compared as (high, low) 64-bit words
-TAIL_BITS = 130  # the support [-K, K] leaves out less than 2^-130 of the mass
-_PRECISION_BITS = 256
 
 
 # Pieces of a parallel draw: at least PIECE_WORDS words (fewer cost more to hand to a thread than they save),
@@ -308,41 +307,21 @@ def _low_word(generator: np.random.Generator) -> np.uint64:
     return np.uint64(generator.bit_generator.random_raw())
 
 
-def _tail_support(sigma_q: Fraction) -> int:
-    """K such that P[|k| > K] < 2^-TAIL_BITS for the discrete (and rounded) Gaussian.
-
-    sum_{|k| > K} exp(-k^2 / (2 s^2)) <= 2 exp(-K^2 / (2 s^2)) (1 + s^2 / K) and the
-    normalizer is >= 1 for s >= 1/2, so K = s sqrt(2 ln 2 (TAIL_BITS + 4)) + 2 suffices.
-    """
-    s = float(sigma_q)
-    return int(math.ceil(s * math.sqrt(2 * math.log(2) * (TAIL_BITS + 4 + math.log2(1 + s)))) + 2)
-
-
-def _normalizer_support(sigma_q: Fraction) -> int:
-    """The one cut-off of the discrete Gaussian's normalizer theta = sum_k exp(-k^2 / (2 s^2)): |k| <= 2K,
-    K = ``_tail_support``. Each left-out weight is at most exp(-K^2 / (2 s^2))^4, so the sum of them is below
-    2^-(4 TAIL_BITS) (theta >= 1): beyond the table's 256-bit arithmetic, and a float64's."""
-    return 2 * _tail_support(sigma_q)
-
-
 @lru_cache(maxsize=32)
 def discrete_gaussian_table(sigma_q: Fraction) -> TableSampler:
     """The table sampler of N_Z(0, sigma_q^2): P[k] proportional to exp(-k^2 / (2 sigma_q^2))."""
     with mpmath.workprec(_PRECISION_BITS):
-        support = _tail_support(sigma_q)
-        var2 = 2 * mpmath.mpf(sigma_q.numerator) ** 2 / mpmath.mpf(sigma_q.denominator) ** 2
-        weights = [mpmath.exp(-mpmath.mpf(k * k) / var2) for k in range(-support, support + 1)]
-        # The normalizer sums far beyond the support so the table's CDF is the true one.
-        wide = _normalizer_support(sigma_q)
-        normalizer = mpmath.fsum(mpmath.exp(-mpmath.mpf(k * k) / var2) for k in range(-wide, wide + 1))
-        return TableSampler("discrete-gaussian", sigma_q, weights, normalizer)
+        support = tail_support(sigma_q)
+        weights = [discrete.weight(k, sigma_q) for k in range(-support, support + 1)]
+        # the normalizer sums far beyond the support, so the table's CDF is the true one
+        return TableSampler("discrete-gaussian", sigma_q, weights, discrete.normalizer(sigma_q))
 
 
 @lru_cache(maxsize=32)
 def rounded_gaussian_table(sigma_q: Fraction) -> TableSampler:
     """The table sampler of round(eps), eps ~ N(0, sigma_q^2): P[k] = Phi((k + 1/2) / s) - Phi((k - 1/2) / s)."""
     with mpmath.workprec(_PRECISION_BITS):
-        support = _tail_support(sigma_q)
+        support = tail_support(sigma_q)
         s = mpmath.mpf(sigma_q.numerator) / sigma_q.denominator
         edges = [mpmath.ncdf((mpmath.mpf(k) - mpmath.mpf(1) / 2) / s) for k in range(-support, support + 2)]
         weights = [edges[i + 1] - edges[i] for i in range(2 * support + 1)]
@@ -356,11 +335,8 @@ def rounded_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
 
 
 def discrete_gaussian_pmf(sigma_q: Fraction, k: np.ndarray) -> np.ndarray:
-    """The exact pmf P[k] (float64 values, for tests and plots), normalized by the theta sum."""
-    s = float(sigma_q)
-    wide = _normalizer_support(sigma_q)
-    theta = np.exp(-np.arange(-wide, wide + 1, dtype=np.float64) ** 2 / (2 * s * s)).sum()
-    return np.exp(-np.asarray(k, dtype=np.float64) ** 2 / (2 * s * s)) / theta
+    """The exact pmf P[k] (float64 values, for tests and plots), normalized by theta (``intrs.discrete``)."""
+    return discrete.pmf(sigma_q, k)
 
 
 def numpy_generator(seed: int) -> np.random.Generator:
