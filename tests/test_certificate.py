@@ -72,6 +72,23 @@ def test_one_coordinate_margin_is_negative_up_to_the_largest_radius(sigma_q):
         assert one_coordinate_margin(sigma_q, int(m)) < 0, m
 
 
+@pytest.mark.parametrize("sigma_q,m", [(1, 1), (Fraction(3, 2), 4), (3, 5), (Fraction("63.75"), 3), (Fraction("63.75"), 200)])
+def test_one_coordinate_margin_is_its_definition(sigma_q, m):
+    """h(m) = P[k < m] + P[k = m] / 2 - Phi(m / sigma_q), summed here from the pmf directly (a value test: a
+    wrong normalizer keeps the sign and changes the value)."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        s = mpmath.mpf(Fraction(sigma_q).numerator) / Fraction(sigma_q).denominator
+        weight = lambda k: mpmath.exp(-mpmath.mpf(k) ** 2 / (2 * s ** 2))
+        wide = int(40 * float(s)) + 10
+        theta = mpmath.fsum(weight(k) for k in range(-wide, wide + 1))
+        below = mpmath.fsum(weight(k) for k in range(-wide, m)) / theta
+        want = below + weight(m) / theta / 2 - mpmath.ncdf(mpmath.mpf(m) / s)
+    got = one_coordinate_margin(sigma_q, m)
+    assert abs(got - float(want)) <= 1e-12 * max(1.0, abs(float(want))) + 1e-30, (got, float(want))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sigma_q", [Fraction("30.6"), Fraction("63.75"), 255])
 def test_one_coordinate_margin_every_step_slow(sigma_q):
