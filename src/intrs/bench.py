@@ -278,7 +278,7 @@ def bench_noise(count: int = 4_000_000, repeats: int = 3) -> dict:
     rates = {"discrete Gaussian (128-bit table, integer bits)": 0.0, "numpy standard_normal (float64)": 0.0,
              "torch.randn (float32)": 0.0}
     for _ in range(repeats):
-        for name, draw in ((list(rates)[0], lambda: noise.table.sample((count,), generator)),
+        for name, draw in ((list(rates)[0], lambda: noise.draw((count,), generator)),
                            (list(rates)[1], lambda: normal.standard_normal(count)),
                            (list(rates)[2], lambda: torch.randn(count, generator=torch_generator))):
             start = time.perf_counter()

@@ -393,7 +393,7 @@ class Reproduction:
             adv_float = pgd(float_model, clean, labels, eps, "l2", 20, generator=generator,
                             samples=p.attack_samples, noise=gaussian)
             lattice = numpy_generator(stream_seed(self.seed, STAGE_ATTACK, 200 + i))
-            integer_noise = lambda x: x + torch.from_numpy(discrete.table.sample(tuple(x.shape), lattice)).float() / PIXEL_MAX
+            integer_noise = lambda x: x + torch.from_numpy(discrete.draw(tuple(x.shape), lattice)).float() / PIXEL_MAX
             adv_int = pgd(lambda x: twin(x * PIXEL_MAX), clean, labels, eps, "l2", 20, generator=generator,
                           samples=p.attack_samples, noise=integer_noise)
             row = [f"{eps:g}"]

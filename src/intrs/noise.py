@@ -371,6 +371,11 @@ class LatticeNoise:
             return self.table.sample_on(self.device, (count, *pixels.shape), generator, offsets=pixels)
         return torch.from_numpy(self.table.sample((count, *pixels.shape), generator, offsets=pixels.numpy()))
 
+    def draw(self, shape: tuple[int, ...], generator: np.random.Generator) -> np.ndarray:
+        """The integer noise k alone, of any shape (int32), as ``perturb`` draws it: for the attacks and the
+        noise-augmented training that add it to batches themselves, and for timing the sampler."""
+        return self.table.sample(tuple(shape), generator)
+
     def radius(self, p_lower: float) -> float:
         return certified_radius(self.sigma, p_lower)
 

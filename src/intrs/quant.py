@@ -664,7 +664,7 @@ class QuantizeConfig:
 
 def discrete_noisy_input(images: torch.Tensor, noise, generator) -> torch.Tensor:
     """x_q + k for a uint8 batch: the integer input of IntRS, as a float tensor of integers (for the twin)."""
-    k = noise.table.sample(tuple(images.shape), generator)
+    k = noise.draw(tuple(images.shape), generator)
     return (torch.from_numpy(k) + images.to(torch.int32)).to(torch.float32)
 
 
