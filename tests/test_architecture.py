@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "intrs"
 
 # Low to high. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"errors", "choices", "progress", "files", "rng", "tables", "about"}),
+    ("foundations", {"errors", "choices", "progress", "files", "rng", "tables", "about", "threads"}),
     ("below smoothing", {"data", "models", "discrete", "noise", "confidence", "certificate", "intmodel", "engine", "kernels",
                          "torch_engine", "devices", "quant", "checkpoint", "training", "attacks", "tflite_export",
                          "onnx_export"}),

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import threads
 from .errors import ConfigError, IntrsError
 from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
@@ -269,27 +268,8 @@ def table_draw(high: np.ndarray, guide: np.ndarray, guide_bits: int, values: np.
     return tie.view(bool)
 
 
-def thread_count() -> int:
-    """The kernels' threads: torch's intra-op setting (``torch.set_num_threads``)."""
-    return max(1, torch.get_num_threads())
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def parallel_map(function, items: list) -> list:
-    """``function`` over ``items`` on the kernels' threads (ctypes and numpy's random_raw release the GIL).
-    Callers on several threads at once share the pool."""
-    global _pool
-    threads = min(thread_count(), len(items))
-    if threads <= 1:
-        return [function(item) for item in items]
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="intrs-kernels")
-        pool = _pool
-    return list(pool.map(function, items))
+# the shared worker threads (intrs.threads), under the names this module has always offered
+thread_count, parallel_map = threads.thread_count, threads.parallel_map
 
 
 def _pointer(array) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from . import discrete, kernels
+from . import discrete, kernels, threads
 from .certificate import CERTIFICATE_STATUS, certified_radius
 from .data import PIXEL_MAX
 from .discrete import PRECISION_BITS as _PRECISION_BITS, tail_support
@@ -173,7 +173,7 @@ def word_streams(generator, size: int, align: int = 1) -> list[tuple[int, int, o
     multiples of ``align``; the generator itself moves past all of them. Several pieces only where the bit
     generator can jump ahead (numpy's PCG64 ``advance``), for the kernels' threads."""
     bits = generator.bit_generator
-    count = max(min(kernels.thread_count(), size // PIECE_WORDS), size // CACHED_WORDS, 1)
+    count = max(min(threads.thread_count(), size // PIECE_WORDS), size // CACHED_WORDS, 1)
     count = min(count, size // align) if hasattr(bits, "advance") else 1
     if count <= 1:
         return [(0, size, bits)]
@@ -245,7 +245,7 @@ class TableSampler:
                     out.reshape(-1, period)[:] += flat
             return [(start + int(i), int(words[i])) for i in np.flatnonzero(tie)]
 
-        ties = [tie for found in kernels.parallel_map(draw, word_streams(generator, size, period)) for tie in found]
+        ties = [tie for found in threads.parallel_map(draw, word_streams(generator, size, period)) for tie in found]
         for i, word in ties:  # in index order, after every word of the batch: the draws do not depend on threads
             draws[i] = self._settle_tie(word, _low_word(generator)) + (0 if flat is None else int(flat[i % period]))
         return draws.reshape(shape)
@@ -274,7 +274,7 @@ class TableSampler:
             start, stop, bits = stream
             words[start:stop] = bits.random_raw(stop - start)
 
-        kernels.parallel_map(fill, word_streams(generator, size))
+        threads.parallel_map(fill, word_streams(generator, size))
         draws, ties = self.search_on(torch.from_numpy(words.view(np.int64)).to(device))
         for i in ties.tolist():  # rare (probability < (2K + 1) 2^-64 a draw): settled on the host
             draws[i] = self._settle_tie(int(words[i]), _low_word(generator))
