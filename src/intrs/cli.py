@@ -554,8 +554,9 @@ def analyze_command(files, max_radius, step, fmt, plot, force) -> None:
 @cli.command("reproduce")
 @click.argument("experiment", type=click.Choice(EXPERIMENTS + ("all",)))
 @click.option("--preset", "preset_name", type=click.Choice(PRESET_NAMES), default="ci", show_default=True,
-              help="ci: tiny, minutes; fmnist: the paper's protocol on Fashion-MNIST, reduced for 2 cores (each "
-                   "reduction is written in the output); paper-cifar10 / paper-caltech101: the paper's settings.")
+              help="ci: tiny, minutes; fmnist: the paper's protocol on Fashion-MNIST (500 images, sequential "
+                   "CERTIFY up to n = 100,000; hours per experiment on 2 cores; each departure is written in the "
+                   "output); paper-cifar10 / paper-caltech101: the paper's settings.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: runs/reproduce-PRESET].")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Local copy of the preset's data set.")
 @click.option("--seed", type=int, default=0, show_default=True)
