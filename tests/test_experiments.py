@@ -77,6 +77,22 @@ def test_experiments_write_data_and_the_report_renders_it(capsys, ci_run, tmp_pa
         assert images == 8 and accuracy == certified / images and lower <= accuracy <= upper
 
 
+def test_a_sequential_run_is_rendered_at_the_radii_it_decided(capsys, ci_run, tmp_path):
+    """A sequential row's radius is where it stopped, not the largest it could reach: the captions say what
+    the r = 0 column means there and how the samples were spent, and the figures draw the decided radii."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(ci_run, copy)
+    settings = json.loads((copy / "preset.json").read_text())
+    settings["preset"]["sequential"] = True
+    (copy / "preset.json").write_text(json.dumps(settings))
+    code, _, _ = run_cli(capsys, "report", copy)
+    table = (copy / "certify-sigma" / "certified_accuracy.md").read_text()
+    assert code == 0 and "sequential up to n = 100" in table and "decides the radii above 0 only" in table
+    assert (copy / "certify-sigma" / "certified_accuracy_sigma0.25.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_reproduction_alone_writes_no_table_or_figure(tmp_path):
     from intrs.experiments import Reproduction, preset
 

@@ -321,13 +321,22 @@ _STYLES = ({"linestyle": "-", "linewidth": 3.0, "alpha": 0.6}, {"linestyle": "--
            {"linestyle": (0, (5, 1, 1, 1)), "linewidth": 1.4}, {"linestyle": (0, (1, 1)), "linewidth": 1.4})
 
 
-def _accuracy_figure(path: Path, curves: list[tuple[str, list[dict]]], title: str, largest: float) -> Path:
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _accuracy_figure(path: Path, curves: list[tuple[str, list[dict]]], title: str, largest: float,
+                     decided: list[float] | None = None) -> Path:
+    """Certified accuracy against radius, one curve per cell. ``decided``: the radii a sequential run decided;
+    its certificate says nothing between them (a row stops once every listed radius is settled, so its radius
+    is not the largest it could reach), so such curves are drawn at those radii only, as markers."""
     plt = _pyplot("the reproduction's figures")
-    grid = [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
+    grid = decided if decided else [largest * i / _PLOT_POINTS for i in range(_PLOT_POINTS + 1)]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (label, rows) in enumerate(curves):  # overlapping curves stay visible: a style each
-        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label, **_STYLES[i % len(_STYLES)])
-    ax.set_xlabel("L2 radius ([0, 1] pixel units; the integer systems certify whole 8-bit steps, r x 255)")
+        style = dict(_STYLES[i % len(_STYLES)], **({"marker": _MARKERS[i % len(_MARKERS)]} if decided else {}))
+        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label, **style)
+    ax.set_xlabel("L2 radius ([0, 1] pixel units; the integer systems certify whole 8-bit steps, r x 255)"
+                  + ("\nsequential CERTIFY: at the radii it decided" if decided else ""))
     ax.set_ylabel("certified accuracy (fraction of test images)")
     ax.set_title(title)
     ax.set_ylim(0, 1)
@@ -361,23 +370,35 @@ def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> l
                long)
     tables = [markdown_table([label] + [f"r = {r:g}" for r in radii] + ["images", "samples/image"], rows)
               for label, rows in blocks.items()]
-    gap = _gap_table(wide, radii, row_name, "FloatRS-fp", "IntRS-quant")
+    gap = _gap_table(found, radii, row_name, "FloatRS-fp", "IntRS-quant")
     write_text_atomically(folder / "certified_accuracy.md",
         f"{caption}; each cell: certified accuracy [95% Clopper-Pearson interval over the images]; "
-        f"samples/image: the mean of n0 + n\n\n" + "\n".join(tables)
+        f"samples/image: the mean of n0 + n"
+        + ("; sequential CERTIFY decides the radii above 0 only: at r = 0 a row counts when it is correct and its "
+           "lower bound passed 1/2 by the time it stopped, which can be early, so that column may read below the "
+           "clean accuracy" if preset.get("sequential") and 0 in radii else "")
+        + "\n\n" + "\n".join(tables)
         + (f"\nIntRS-quant minus FloatRS-fp, per cell:\n\n{gap}" if gap else ""))
     return found
 
 
-def _gap_table(wide: list[list], radii: list[float], row_name: str, base: str, other: str) -> str:
-    table = {(r[0], r[1]): [float(v) for v in r[2:]] for r in wide}
+def _gap_table(found: list, radii: list[float], row_name: str, base: str, other: str) -> str:
+    """``other`` minus ``base`` per cell, on the images both cells certified (all of them in a finished run;
+    in an unfinished one the common images, counted in the last column)."""
+    cells = {(cell["label"], cell["row"]): rows for cell, rows, _ in found}
     rows = []
-    for (label, value), values in table.items():
-        if label.startswith(other) and (label.replace(other, base, 1), value) in table:
-            reference = table[(label.replace(other, base, 1), value)]
-            rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_name} = {value}"]
-                        + [f"{a - b:+.2f}" for a, b in zip(values, reference)])
-    return markdown_table(["gap"] + [f"r = {r:g}" for r in radii], rows) if rows else ""
+    for (label, value), mine in cells.items():
+        theirs = cells.get((label.replace(other, base, 1), value)) if label.startswith(other) else None
+        if theirs is None:
+            continue
+        common = {r["idx"] for r in mine} & {r["idx"] for r in theirs}
+        if not common:
+            continue
+        a = [r for r in mine if r["idx"] in common]
+        b = [r for r in theirs if r["idx"] in common]
+        rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_name} = {value}"]
+                    + [f"{certified_accuracy(a, r) - certified_accuracy(b, r):+.2f}" for r in radii] + [len(common)])
+    return markdown_table(["gap"] + [f"r = {r:g}" for r in radii] + ["images"], rows) if rows else ""
 
 
 def _render_certify_sigma(folder: Path, preset: dict, facts: dict) -> None:
@@ -385,16 +406,18 @@ def _render_certify_sigma(folder: Path, preset: dict, facts: dict) -> None:
         f"Tables 2/3: certified accuracy on {preset['dataset']}, train sigma = certify sigma, "
         f"{_samples_phrase(preset)}, alpha = {preset['alpha']}, {preset['images']} test images")
     largest = max(facts["radii"][-1], 0.25) + 0.5
+    decided = facts["radii"] if preset.get("sequential") else None
     for label in dict.fromkeys(cell["label"] for cell, _, _ in found):
         system = label.lower()
         _accuracy_figure(folder / f"certified_accuracy_{system}.png",
                          [(f"sigma = {cell['row']}", rows) for cell, rows, _ in found if cell["label"] == label],
-                         f"{label} on {preset['dataset']}", largest)
+                         f"{label} on {preset['dataset']}", largest, decided)
     reference = f"{facts['reference_sigma']:.2f}"
     curves = [(cell["label"], rows) for cell, rows, _ in found if cell["row"] == reference]
     if curves:
         _accuracy_figure(folder / f"certified_accuracy_sigma{facts['reference_sigma']:g}.png", curves,
-                         f"sigma = {facts['reference_sigma']} on {preset['dataset']}: the three systems", largest)
+                         f"sigma = {facts['reference_sigma']} on {preset['dataset']}: the three systems", largest,
+                         decided)
 
 
 def _render_sigma_mismatch(folder: Path, preset: dict, facts: dict) -> None:
@@ -409,7 +432,8 @@ def _render_alpha(folder: Path, preset: dict, facts: dict) -> None:
         f"{preset['images']} test images")
     _accuracy_figure(folder / "certified_accuracy_alpha.png",
                      [(f"{cell['label']}, alpha = {cell['row']}", rows) for cell, rows, _ in found],
-                     f"alpha on {preset['dataset']}, sigma = {facts['sigma']}", max(facts["radii"][-1], 0.25) + 0.5)
+                     f"alpha on {preset['dataset']}, sigma = {facts['sigma']}", max(facts["radii"][-1], 0.25) + 0.5,
+                     facts["radii"] if preset.get("sequential") else None)
 
 
 def _line_figure(path: Path, rows: list[list[str]], labels: list[str], xlabel: str, ylabel: str, title: str) -> Path:
