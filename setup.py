@@ -27,17 +27,35 @@ def target_flags(machine: str) -> dict[str, list[str]]:
 
 
 class BuildKernels(build_ext):
-    """build_ext with flags per source file (setuptools gives one set of flags to a whole extension)."""
+    """build_ext with flags per source file (setuptools gives one set of flags to a whole extension).
+
+    An instruction set's file that this compiler cannot build (an older compiler without -mavxvnni, say) is
+    left out with a warning, and the others are told (INTRS_WITHOUT_<FILE>), so dispatch.c never hands out its
+    table: the library then runs the other instruction sets, instead of the whole build failing."""
 
     def build_extension(self, ext):
+        from distutils.errors import CompileError
+
         flags = target_flags(platform.machine().lower().replace("amd64", "x86_64"))
-        objects = []
+        targeted = [source for source in ext.sources if Path(source).name in flags]
+        objects, missing = [], []
+        for source in targeted:
+            try:
+                objects += self._compile(ext, source, flags[Path(source).name], [])
+            except CompileError:
+                missing.append(Path(source).stem.upper())
+                print(f"warning: this compiler cannot build {source} with {' '.join(flags[Path(source).name])}: "
+                      "those kernels are left out (a newer gcc or clang builds them)")
+        macros = [(f"INTRS_WITHOUT_{name}", "1") for name in missing]
         for source in ext.sources:
-            objects += self.compiler.compile([source], output_dir=self.build_temp, include_dirs=[str(CSRC)],
-                                             extra_postargs=COMMON_FLAGS + flags.get(Path(source).name, []),
-                                             depends=ext.depends)
+            if source not in targeted:
+                objects += self._compile(ext, source, [], macros)
         self.compiler.link_shared_object(objects, self.get_ext_fullpath(ext.name), extra_postargs=["-pthread"],
                                          target_lang="c")
+
+    def _compile(self, ext, source, flags, macros):
+        return self.compiler.compile([source], output_dir=self.build_temp, include_dirs=[str(CSRC)],
+                                     macros=macros, extra_postargs=COMMON_FLAGS + flags, depends=ext.depends)
 
 
 # the kernels, and the peak loops intrs bench reads its ratios against (float code: kept out of csrc/)

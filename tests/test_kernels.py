@@ -502,3 +502,28 @@ def test_aarch64_neon_kernels_under_qemu_equal_the_reference_engine(tmp_path, cp
         assert run.returncode == 0, run.stdout + run.stderr
         assert _granted(run.stdout) == AARCH64_CPUS[cpu]
         assert run.stdout.count(" 0 of ") == len(AARCH64_CPUS[cpu])
+
+
+@pytest.mark.slow
+def test_a_compiler_that_cannot_build_an_instruction_set_leaves_it_out(tmp_path):
+    """setup.py with a compiler that rejects avxvnni.c's flags (an unknown flag stands in for an old gcc's
+    missing -mavxvnni): the build succeeds without those kernels, and dispatch never grants them."""
+    import subprocess
+    import sys
+
+    root = Path(kernels.__file__).parents[2]
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "src", tree / "src", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tree / name)
+    targets = tree / "src" / "intrs" / "csrc" / "targets.txt"
+    targets.write_text(targets.read_text().replace("avxvnni.c -mavx2 -mavxvnni", "avxvnni.c -mavx2 -mno-such-flag"))
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, capture_output=True,
+                           text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert "those kernels are left out" in build.stdout + build.stderr
+    probe = subprocess.run([sys.executable, "-c", "from intrs import kernels; print(','.join(kernels.instruction_sets()))"],
+                           cwd=tree, env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "avx-vnni" not in probe.stdout.split(",") and "portable" in probe.stdout

@@ -38,15 +38,23 @@ static void detect(void) {
 #endif
 }
 
+/* An instruction set's file that the compiler could not build is left out of the library (setup.py defines
+ * INTRS_WITHOUT_<FILE>): its table is then never handed out, as if the CPU lacked it. */
 static const isa_t *table_of(int level) {
     switch (level) {
         case ISA_PORTABLE: return &intrs_isa_portable;
 #if defined(__x86_64__)
+#ifndef INTRS_WITHOUT_AVX2
         case ISA_AVX2: return &intrs_isa_avx2;
+#endif
+#ifndef INTRS_WITHOUT_AVXVNNI
         case ISA_AVX_VNNI: return &intrs_isa_avxvnni;
+#endif
+#ifndef INTRS_WITHOUT_VNNI
         case ISA_VNNI: return &intrs_isa_vnni;
 #endif
-#if defined(__aarch64__)
+#endif
+#if defined(__aarch64__) && !defined(INTRS_WITHOUT_NEON)
         case ISA_NEON: return &intrs_isa_neon;
 #endif
     }
@@ -60,7 +68,7 @@ const isa_t *intrs_isa(int level) {
 #else
     if (!has[ISA_PORTABLE]) detect();
 #endif
-    return has[level] ? table_of(level) : NULL;
+    return has[level] ? table_of(level) : NULL; /* null too for a table left out of this build */
 }
 
 int intrs_isa_granted(const isa_t *isa) {
