@@ -34,7 +34,7 @@ class BuildKernels(build_ext):
     table: the library then runs the other instruction sets, instead of the whole build failing."""
 
     def build_extension(self, ext):
-        from distutils.errors import CompileError
+        from setuptools.errors import CompileError  # distutils is gone from Python 3.12
 
         flags = target_flags(platform.machine().lower().replace("amd64", "x86_64"))
         targeted = [source for source in ext.sources if Path(source).name in flags]

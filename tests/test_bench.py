@@ -46,6 +46,9 @@ def test_bench_reads_its_ratios_against_the_cpus_ceiling(capsys, tmp_path, monke
         pytest.skip("no compiled kernels or no peak loops for this CPU")
     monkeypatch.setattr(bench, "bench_noise", lambda: {"discrete": 1.0})
     fast = kernels.peak_rates(rounds=20_000, pieces=1)
+    # the bench names csrc/peak.c's loops: each loop of an instruction set this CPU has is measured under it
+    assert bench.FP32_AVX2 in fast
+    assert all(loop in fast for isa, loop in bench.KERNEL_PEAKS.items() if isa in kernels.instruction_sets())
     monkeypatch.setattr(bench.kernels, "peak_rates", lambda: fast)
     out = tmp_path / "b.json"
     code, stdout, _ = run_cli(capsys, "bench", "--inputs", "1x8x8", "--batches", "50", "--samples", 100,

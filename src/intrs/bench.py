@@ -181,13 +181,14 @@ def _contenders(shape: tuple[int, int, int], seed: int, device: torch.device | N
 KERNEL_PEAKS = {"avx2": "vpmaddwd int16 pairs (AVX2)", "avx-vnni": "vpdpbusd u8 x s8 (AVX-VNNI, ymm)",
                 "avx512-vnni": "vpdpbusd u8 x s8 (AVX-512 VNNI)"}
 FP32_WIDE, FP32_AVX2 = "fp32 FMA (AVX-512)", "fp32 FMA (AVX2)"
+# what restricts PyTorch's float instruction set: ATen's kernels, and the convolutions' oneDNN
+FLOAT_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def float_restriction() -> str | None:
-    """The environment's limit on PyTorch's float instruction set (ATen's kernels: ATEN_CPU_CAPABILITY; the
-    convolutions' oneDNN: ONEDNN_MAX_CPU_ISA), said as the bench prints it, or None."""
-    said = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-            if os.environ.get(name)]
+    """The environment's limit on PyTorch's float instruction set (``FLOAT_ISA_ENV``), said as the bench
+    prints it, or None."""
+    said = [f"{name}={os.environ[name]}" for name in FLOAT_ISA_ENV if os.environ.get(name)]
     return ", ".join(said) or None
 
 
@@ -197,8 +198,7 @@ def ceiling(rates: dict[str, float] | None = None) -> dict:
     instruction set the kernels can run here, its convolution loop's rate and the ratio of the two. That
     ratio bounds what a whole network can reach against a float runtime that uses its FMA as well."""
     rates = kernels.peak_rates() if rates is None else rates
-    restricted = any(os.environ.get(name, "").lower().startswith("avx2")
-                     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
+    restricted = any(os.environ.get(name, "").lower().startswith("avx2") for name in FLOAT_ISA_ENV)
     fp32 = FP32_AVX2 if restricted or FP32_WIDE not in rates else FP32_WIDE
     if fp32 not in rates:
         return {}

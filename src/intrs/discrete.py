@@ -35,14 +35,11 @@ def normalizer_support(sigma_q: Fraction) -> int:
     return 2 * tail_support(sigma_q)
 
 
-def _variance2(sigma_q: Fraction) -> mpmath.mpf:
+def weights(sigma_q: Fraction, ks) -> list[mpmath.mpf]:
+    """exp(-k^2 / (2 s^2)) for each k of ``ks``, at the working precision of the caller's mpmath context."""
     sigma_q = Fraction(sigma_q)
-    return 2 * mpmath.mpf(sigma_q.numerator) ** 2 / mpmath.mpf(sigma_q.denominator) ** 2
-
-
-def weight(k: int, sigma_q: Fraction) -> mpmath.mpf:
-    """exp(-k^2 / (2 s^2)) at the working precision of the caller's mpmath context."""
-    return mpmath.exp(-mpmath.mpf(k * k) / _variance2(sigma_q))
+    var2 = 2 * mpmath.mpf(sigma_q.numerator) ** 2 / mpmath.mpf(sigma_q.denominator) ** 2
+    return [mpmath.exp(-mpmath.mpf(k * k) / var2) for k in ks]
 
 
 @lru_cache(maxsize=64)
@@ -50,7 +47,7 @@ def normalizer(sigma_q: Fraction) -> mpmath.mpf:
     """theta = sum_{|k| <= normalizer_support} exp(-k^2 / (2 s^2)), in PRECISION_BITS."""
     with mpmath.workprec(PRECISION_BITS):
         wide = normalizer_support(sigma_q)
-        return mpmath.fsum(weight(k, sigma_q) for k in range(-wide, wide + 1))
+        return mpmath.fsum(weights(sigma_q, range(-wide, wide + 1)))
 
 
 def pmf(sigma_q: Fraction, k) -> np.ndarray:

@@ -12,7 +12,6 @@ paper's layout, the figures and one HTML page from those files alone.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from .quant import QuantModel, QuantizeConfig, quantize
 from .results import FACTS_NAME, radius_grid
 from .rng import random_stream, stream_seed
 from .systems import make_system
+from .tables import csv_text
 from .training import CHECKPOINT_NAME, TrainConfig, train
 
 SYSTEM_LABELS = {"floatrs-fp": "FloatRS-fp", "intrs-quant": "IntRS-quant", "floatrs-quant": "FloatRS-quant"}
@@ -142,12 +142,8 @@ def _sigma_tag(sigma: float) -> str:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    """A CSV with "\n" line endings (the csv module's default is "\r\n"), written atomically."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomically(path, out.getvalue())
+    """A CSV (``tables.csv_text``), written atomically."""
+    write_text_atomically(path, csv_text(header, rows))
 
 
 class Reproduction:

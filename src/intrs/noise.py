@@ -312,7 +312,7 @@ def discrete_gaussian_table(sigma_q: Fraction) -> TableSampler:
     """The table sampler of N_Z(0, sigma_q^2): P[k] proportional to exp(-k^2 / (2 sigma_q^2))."""
     with mpmath.workprec(_PRECISION_BITS):
         support = tail_support(sigma_q)
-        weights = [discrete.weight(k, sigma_q) for k in range(-support, support + 1)]
+        weights = discrete.weights(sigma_q, range(-support, support + 1))
         # the normalizer sums far beyond the support, so the table's CDF is the true one
         return TableSampler("discrete-gaussian", sigma_q, weights, discrete.normalizer(sigma_q))
 

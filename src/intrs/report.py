@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import io
 import math
 import os
 import re
@@ -26,7 +25,7 @@ from .results import (FACTS_NAME, INTERVAL_HEADER, MAX_RADIUS_COLUMNS, RADIUS_ST
                       certified_accuracy, certified_count, radius_grid, read_result_table, read_results,
                       samples_per_image)
 from .confidence import clopper_pearson_interval
-from .tables import markdown_table
+from .tables import csv_text, markdown_table
 
 DEFAULT_MAX_RADIUS = 1.5
 _PLOT_POINTS = 400
@@ -119,11 +118,8 @@ class AccuracyTable:
         return markdown_table(self._header(), [self._cells(row, 3, "-") for row in self.rows])
 
     def to_csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([h.removeprefix("r = ") for h in self._header()])
-        writer.writerows(self._cells(row, 6, "") for row in self.rows)
-        return out.getvalue()
+        return csv_text([h.removeprefix("r = ") for h in self._header()],
+                        (self._cells(row, 6, "") for row in self.rows))
 
     def to_latex(self) -> str:
         """A LaTeX tabular (no packages needed), the markdown table's cells with text escaped."""
@@ -256,11 +252,7 @@ def _save_figure(fig, path: Path, dpi: int) -> Path:
 
 
 def _write_csv(path: Path, header, rows) -> Path:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return write_text_atomically(path, out.getvalue())
+    return write_text_atomically(path, csv_text(header, rows))
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -345,6 +337,11 @@ def _accuracy_figure(path: Path, curves: list[tuple[str, list[dict]]], title: st
     return _save_figure(fig, path, dpi=120)
 
 
+def _figure_span(preset: dict, facts: dict) -> tuple[float, list[float] | None]:
+    """A certified-accuracy figure's largest radius, and the radii a sequential preset decided (else None)."""
+    return max(facts["radii"][-1], 0.25) + 0.5, facts["radii"] if preset.get("sequential") else None
+
+
 def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> list:
     """certified_accuracy.csv (the paper's layout), certified_accuracy_intervals.csv (every cell with its 95%
     Clopper-Pearson interval over images and the samples an image took) and certified_accuracy.md, from the
@@ -354,14 +351,13 @@ def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> l
     wide, long, blocks = [], [], {}
     for cell, rows, samples in found:
         counts = [certified_count(rows, r) for r in radii]
+        spent = [f"{statistics.fmean(samples):.0f}", f"{statistics.median(samples):.0f}"] if samples else ["", ""]
         wide.append([cell["label"], cell["row"]] + [f"{k / len(rows):.4f}" for k in counts])
         shown = [f"{row_name} = {cell['row']}"]
         for radius, k in zip(radii, counts):
             lower, upper = clopper_pearson_interval(k, len(rows))
             long.append([cell["label"], cell["row"], f"{radius:g}", len(rows), k, f"{k / len(rows):.4f}",
-                         f"{lower:.4f}", f"{upper:.4f}"]
-                        + ([f"{statistics.fmean(samples):.0f}", f"{statistics.median(samples):.0f}"] if samples
-                           else ["", ""]))
+                         f"{lower:.4f}", f"{upper:.4f}"] + spent)
             shown.append(f"{k / len(rows):.2f} [{lower:.2f}, {upper:.2f}]")
         shown += [str(len(rows)), f"{statistics.fmean(samples):,.0f}" if samples else "-"]
         blocks.setdefault(cell["label"], []).append(shown)
@@ -405,8 +401,7 @@ def _render_certify_sigma(folder: Path, preset: dict, facts: dict) -> None:
     found = _render_accuracy(folder, preset, facts,
         f"Tables 2/3: certified accuracy on {preset['dataset']}, train sigma = certify sigma, "
         f"{_samples_phrase(preset)}, alpha = {preset['alpha']}, {preset['images']} test images")
-    largest = max(facts["radii"][-1], 0.25) + 0.5
-    decided = facts["radii"] if preset.get("sequential") else None
+    largest, decided = _figure_span(preset, facts)
     for label in dict.fromkeys(cell["label"] for cell, _, _ in found):
         system = label.lower()
         _accuracy_figure(folder / f"certified_accuracy_{system}.png",
@@ -432,8 +427,7 @@ def _render_alpha(folder: Path, preset: dict, facts: dict) -> None:
         f"{preset['images']} test images")
     _accuracy_figure(folder / "certified_accuracy_alpha.png",
                      [(f"{cell['label']}, alpha = {cell['row']}", rows) for cell, rows, _ in found],
-                     f"alpha on {preset['dataset']}, sigma = {facts['sigma']}", max(facts["radii"][-1], 0.25) + 0.5,
-                     facts["radii"] if preset.get("sequential") else None)
+                     f"alpha on {preset['dataset']}, sigma = {facts['sigma']}", *_figure_span(preset, facts))
 
 
 def _line_figure(path: Path, rows: list[list[str]], labels: list[str], xlabel: str, ylabel: str, title: str) -> Path:

@@ -216,8 +216,8 @@ INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
     const int64_t pairs = (s->cin + 1) & ~1, quads = (s->cin + 3) & ~3;
     int64_t staged = 0;
     if (level == ISA_AVX2) staged = framed * pairs * 2;
-    if (level == ISA_AVX_VNNI) staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
-    if (level == ISA_VNNI) staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
+    if (level == ISA_AVX_VNNI || level == ISA_VNNI)
+        staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
     const int64_t acc = 4 * (int64_t)s->cout_pad, bytes = staged > acc ? staged : acc;
     return (bytes + 63) & ~(int64_t)63;
