@@ -2,7 +2,7 @@
  * an instruction set's table as a network program calls it: its multiply-accumulate rate, to hold against
  * benchmarks/peak.sh. VNNI runs the layout a program gives it (the lifted u8 input framed in place; the merged
  * ReLU epilogue); AVX2 and portable run plain int8 (int16 pairs, the int32-lane epilogue). Best of 60 rounds
- * of 200 images: the machines are shared. Usage: layer_rate ISA C H (ISA: portable, avx2, avx512-vnni; C a
+ * of 200 images: the machines are shared. Usage: layer_rate ISA C H (ISA: portable, avx2, avx-vnni, avx512-vnni; C a
  * multiple of 16). Built by layer_rate.sh from the kernels' objects (src/intrs/csrc/build.sh). */
 #include <stdio.h>
 #include <time.h>
@@ -58,11 +58,12 @@ int main(int argc, char **argv) {
     op.w_vnni = w, op.q_vnni = &q, op.w_pairs = pairs, op.q_pairs = &q, op.w_wide = wide, op.q_wide = &q;
     /* the input: framed and lifted where the instruction set runs that layout, plain int8 elsewhere */
     op.from0 = op.from1 = isa->lifted ? (layout_t){H, H, C, 1, C, 128, 0} : (layout_t){H, H, C, 0, C, 0, 0};
+    void *scratch = aligned_alloc(64, (size_t)conv_scratch_bytes(&op, level));
     double best = 1e9;
     int err = 0;
     for (int round = 0; round < 60; round++) {
         double t = seconds();
-        for (int i = 0; i < images; i++) err |= isa->conv(&op, u, y);
+        for (int i = 0; i < images; i++) err |= isa->conv(&op, u, y, scratch);
         t = seconds() - t;
         best = t < best ? t : best;
     }
