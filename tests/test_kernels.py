@@ -131,6 +131,35 @@ def test_worst_case_operands_equal_the_reference(isa, activation, pattern):
     assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
 
 
+# z_out against the bias's sign keeps the numerator inside (the constants of both lifts must fit); with it past
+@pytest.mark.parametrize("sign, zero, past_the_bound", [(1, -128, False), (-1, 127, False), (1, 127, True)])
+def test_requantization_numerators_near_2_to_62_are_exact_and_past_it_leave_the_fused_form(isa, sign, zero,
+                                                                                         past_the_bound):
+    """The fused epilogue's numerator acc M0 + add (add holding the bias times M0 and z_out 2^(31 + r)) nears
+    2^62 with a bias near 2^31, M0 near 2^31 and a right shift of 23, and passes it when z_out = 127 is added
+    on top: the AVX2 kernels' two-step rounding needs floor(numerator / 2^31) within int32, so up to the bound
+    they must be exact, and past it the plan must refuse the fused constants (the kernels then take their other
+    exact forms; with the fused form there, the inner floor would wrap and the outputs flip sign)."""
+    model = random_model(5, 1, 32, 8, "global", False)
+    body = model.layers[1]
+    steps = 255 * int(np.abs(body.weight.astype(np.int64)).sum(axis=(1, 2, 3)).max())  # |sum (x - z_in) w|
+    body.bias[:] = sign * ((2 ** 31 - 1 - steps) if past_the_bound else (2 ** 31 - 2 ** 26))
+    body.multiplier[:], body.shift[:] = 2 ** 31 - 1, -23
+    body.output_zero_point, body.act_min, body.act_max, body.relu = zero, -128, 127, False
+    validate(model)
+    plan = kernels._plan(model)
+    assert bool(plan.steps[1].q_pairs8.fused) is not past_the_bound
+    z = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.int32)
+    trace = []
+    want = engine.reference_forward(model, z, trace)
+    clamped = (trace[1] == -128) | (trace[1] == 127)
+    if past_the_bound:  # 2^31 M0 / 2^54 + 127: saturated, where a wrapped inner floor would turn them negative
+        assert bool((trace[1] == 127).all())
+    else:  # about 2^31 M0 / 2^54 = 256 against z_out: values inside the range, not the clamp
+        assert not bool(clamped.all())
+    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_resnet20_through_the_kernels_equals_the_reference(isa, shape, calibrated_resnet20):
     """The real network's shapes: every specialized tile (16, 14, 8, 7 pixels; strides 1 and 2)."""

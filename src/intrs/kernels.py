@@ -322,10 +322,12 @@ class _Requants:
                        None if fused is None else _pointer(fused))
 
     def _fused(self, offset: np.ndarray, dot_bound: np.ndarray) -> np.ndarray | None:
-        """requant_fused's constants (_kernels.c), per block of 16 channels in even-then-odd lane order:
-        add (lift 0), add (lift 128), below, fix, shift; None where its bounds fail: a left shift, an
-        accumulator that could leave int32 (TFLite would overflow: the int64 path checks), or a numerator
-        that could leave int64."""
+        """requant_fused's constants (vnni.c; avx2_shared.h's requant_fused_avx2 reads the same), per block of
+        16 channels in even-then-odd lane order: add (lift 0), add (lift 128), below, fix, shift; None where
+        its bounds fail: a left shift, an accumulator that could leave int32 (TFLite would overflow: the int64
+        path checks), or a numerator acc M0 + add - fix that could reach 2^62 in magnitude (the AVX2 kernels,
+        which have no 64-bit arithmetic shift, round it in two steps and need floor(numerator / 2^31) within
+        int32; AVX-512's single shift would allow 2^63)."""
         if self.left.any():
             return None
         zero = self.layer.output_zero_point
@@ -335,7 +337,7 @@ class _Requants:
                 return None
             base = o * m + 2 ** 30 + (2 ** (r - 1) << 31 if r else 0)
             adds = [base + (zero + lift) * 2 ** (31 + r) for lift in (0, 128)]
-            if max(abs(a) for a in adds) + d * m >= 2 ** 63:
+            if max(abs(a) for a in adds) + d * m + 2 ** 31 >= 2 ** 62:
                 return None
             for row, value in zip(rows, adds + [-(o * m + 2 ** 30), 2 ** 31 if r else 0, 31 + r]):
                 row.append(value)
@@ -372,9 +374,10 @@ class _Conv:
             self.q_pairs = {False: requants.make(bias, False),
                             True: requants.make(bias, True, dot_bound=np.full(self.cout_pad, 2 ** 30))}
         else:
-            # int8 inputs: |acc| <= 255 sum|w| + |b|, within 2^30 the epilogue runs in int32 lanes
+            # int8 inputs: |acc| <= 255 sum|w| + |b|, within 2^30 the epilogue runs in int32 lanes; the AVX2
+            # kernels' accumulators hold sum (x - z_in) w, |.| <= 255 sum|w|: the fused epilogue where it holds
             fast32 = int((255 * abs_columns + np.abs(bias)).max()) <= 2 ** 30
-            self.q_pairs8 = requants.make(bias, fast32)
+            self.q_pairs8 = requants.make(bias, fast32, dot_bound=255 * abs_columns)
             # vpdpbusd on x + 128: acc = sum (x + 128) w + b - (z_in + 128) sum w
             self.w_vnni = _blocks(padded, 4, np.int8)
             columns = padded.sum(axis=(1, 2, 3))

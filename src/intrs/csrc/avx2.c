@@ -1,4 +1,4 @@
-/* AVX2 kernels (no AVX-512): vpmaddwd on int16 pairs, requantization in int32 lanes where its bounds hold.
+/* AVX2 kernels (no AVX-512): vpmaddwd on int16 pairs, requantization in the fused two-step form or int32 lanes.
  * Compiled with -mavx2 (setup.py): its code runs only through intrs_isa_avx2, which dispatch.c hands out
  * only on a CPU with AVX2. */
 #include "kernels.h"

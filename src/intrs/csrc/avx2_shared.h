@@ -1,5 +1,5 @@
-/* The AVX2 kernels' shared parts: int32-lane requantization, the int16-pair convolution (vpmaddwd) and ADD.
- * Included by avx2.c and avxvnni.c, each compiling its own static copy with its own target flags (kernels.h:
+/* The AVX2 kernels' shared parts: the fused and int32-lane requantizations, the int16-pair convolution (vpmaddwd)
+ * and ADD. Included by avx2.c and avxvnni.c, each compiling its own static copy with its own target flags (kernels.h:
  * no code built for one instruction set is linked into another's table). */
 #ifndef INTRS_AVX2_SHARED_H
 #define INTRS_AVX2_SHARED_H
@@ -69,11 +69,76 @@ INLINE void epilogue_avx2(__m256i a, __m256i b, const requant_t *q, int o, int8_
                                               q->right[o + k], q->half[o + k], err), q);
 }
 
+/* vnni.c's requant_fused on 8 int32 lanes, without AVX-512's 64-bit arithmetic shift: z_out + the requantized
+ * value is floor(v / 2^(31 + r)), v = acc M0 + add - fix [acc M0 < below] (the constants fold in the offset, the
+ * rounding and z_out), and that is floor(floor(v / 2^31) / 2^r). The inner floor's low 32 bits are those of a
+ * logical shift, for v < 0 as well (the 2^64 a negative v is read with adds 2^33, which vanishes mod 2^32), and
+ * they are the whole value because kernels.Plan makes these constants only where |v| < 2^62; the outer floor is
+ * vpsravd. Even lanes' products sit in the low halves of the 64-bit lanes, the odd lanes' are moved there;
+ * each half is reassembled from bits 31..62. relu: the sign test is left out (vnni.c says why). */
+typedef struct {
+    __m256i mult[2], mult_odd[2], right[2], add[2][2], below[2][2], fix[2][2], act_min, act_max;
+} fused_avx2_t; /* [h]: channels o + 8h .. o + 8h + 7; [h][0]: their even lanes, [h][1]: the odd */
+
+/* The fused constants of channels o..o+15: VNNI's table, whose rows list the block's even channels then its odd
+ * ones, so the even (odd) lanes of half h are the four entries from 4h (8 + 4h) of a row. */
+INLINE void fused_avx2(const requant_t *q, int o, fused_avx2_t *f) {
+    if (!q->fused) { /* not read: zeros keep the copy defined */
+        memset(f, 0, sizeof *f);
+        return;
+    }
+    const int64_t *c = q->fused_constants + (int64_t)(o / 16) * 80;
+    for (int h = 0; h < 2; h++) {
+        f->mult[h] = _mm256_loadu_si256((const __m256i *)(q->mult32 + o + 8 * h));
+        f->mult_odd[h] = _mm256_srli_epi64(f->mult[h], 32);
+        f->right[h] = _mm256_loadu_si256((const __m256i *)(q->right32 + o + 8 * h));
+        for (int e = 0; e < 2; e++) {
+            f->add[h][e] = _mm256_loadu_si256((const __m256i *)(c + 8 * e + 4 * h));
+            f->below[h][e] = _mm256_loadu_si256((const __m256i *)(c + 32 + 8 * e + 4 * h));
+            f->fix[h][e] = _mm256_loadu_si256((const __m256i *)(c + 48 + 8 * e + 4 * h));
+        }
+    }
+    f->act_min = _mm256_set1_epi32((int32_t)q->act_min), f->act_max = _mm256_set1_epi32((int32_t)q->act_max);
+}
+
+INLINE __m256i requant_fused_avx2(__m256i acc, const fused_avx2_t *f, int h, int relu) {
+    const __m256i even = _mm256_mul_epi32(acc, f->mult[h]);
+    const __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), f->mult_odd[h]);
+    __m256i ve = _mm256_add_epi64(even, f->add[h][0]), vo = _mm256_add_epi64(odd, f->add[h][1]);
+    if (!relu) {
+        ve = _mm256_sub_epi64(ve, _mm256_and_si256(_mm256_cmpgt_epi64(f->below[h][0], even), f->fix[h][0]));
+        vo = _mm256_sub_epi64(vo, _mm256_and_si256(_mm256_cmpgt_epi64(f->below[h][1], odd), f->fix[h][1]));
+    }
+    const __m256i inner = _mm256_blend_epi32(_mm256_srli_epi64(ve, 31), _mm256_slli_epi64(vo, 1), 0xAA);
+    const __m256i v = _mm256_srav_epi32(inner, f->right[h]);
+    return _mm256_min_epi32(_mm256_max_epi32(v, f->act_min), f->act_max);
+}
+
+/* T pixels' epilogues, the form chosen once for the tile (f: fused_avx2 of the block where q->fused; a local
+ * copy, which the int8 stores cannot alias, so its constants are not reloaded after each pixel). */
+#define EPILOGUE_TILE_AVX2(T, acc, q, fp, o, first, step, count, err)                                           \
+    do {                                                                                                        \
+        if ((q)->fused) {                                                                                       \
+            const fused_avx2_t f_ = *(fp);                                                                      \
+            if ((q)->relu)                                                                                      \
+                for (int t_ = 0; t_ < (T); t_++)                                                                \
+                    store16((first) + t_ * (step), pack16_avx2(requant_fused_avx2(acc[0][t_], &f_, 0, 1),      \
+                                                               requant_fused_avx2(acc[1][t_], &f_, 1, 1)), count); \
+            else                                                                                                \
+                for (int t_ = 0; t_ < (T); t_++)                                                                \
+                    store16((first) + t_ * (step), pack16_avx2(requant_fused_avx2(acc[0][t_], &f_, 0, 0),      \
+                                                               requant_fused_avx2(acc[1][t_], &f_, 1, 0)), count); \
+        } else {                                                                                                \
+            for (int t_ = 0; t_ < (T); t_++)                                                                    \
+                epilogue_avx2(acc[0][t_], acc[1][t_], q, o, (first) + t_ * (step), count, err);                 \
+        }                                                                                                       \
+    } while (0)
+
 /* T output pixels x 16 channels: vpmaddwd on int16 pairs (x - z_in, w), exact: each pair sum is below 2^31
  * and the caller bounds |x - z_in| sum|w| < 2^31. 16 ymm registers: 2T accumulators, T <= 6. */
 #define AVX2_TILE 6
 INLINE void tile_avx2(int T, const int16_t *u, int wp, int cin2, const conv_shape_t *s, int oy, int ox0,
-                                 const int16_t *w, const requant_t *q, int o, int8_t *yrow, int *err) {
+                      const int16_t *w, const requant_t *q, const fused_avx2_t *f, int o, int8_t *yrow, int *err) {
     __m256i acc[2][AVX2_TILE];
     for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_si256();
     const int step = s->sw * cin2;
@@ -92,8 +157,7 @@ INLINE void tile_avx2(int T, const int16_t *u, int wp, int cin2, const conv_shap
             }
         }
     int count = s->cout - o < 16 ? s->cout - o : 16;
-    for (int t = 0; t < T; t++)
-        epilogue_avx2(acc[0][t], acc[1][t], q, o, yrow + (int64_t)(ox0 + t) * s->cout + o, count, err);
+    EPILOGUE_TILE_AVX2(T, acc, q, f, o, yrow + (int64_t)ox0 * s->cout + o, s->cout, count, err);
 }
 
 /* Any convolution through int16 pairs: x int8 (x_is_int8) or int32 (the first layer, |x - z_in| < 2^15).
@@ -120,15 +184,17 @@ static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, 
             int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
             for (int o = 0; o < s->cout; o += 16) {
                 const int16_t *wb = w + (o / 16) * block;
+                fused_avx2_t f;
+                fused_avx2(q, o, &f);
                 for (int ox0 = 0; ox0 < s->ow; ox0 += AVX2_TILE) {
                     int T = s->ow - ox0 < AVX2_TILE ? s->ow - ox0 : AVX2_TILE;
                     switch (T) {
-                        case 1: tile_avx2(1, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        case 2: tile_avx2(2, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        case 3: tile_avx2(3, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        case 4: tile_avx2(4, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        case 5: tile_avx2(5, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        default: tile_avx2(6, u, wp, cin2, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        case 1: tile_avx2(1, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
+                        case 2: tile_avx2(2, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
+                        case 3: tile_avx2(3, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
+                        case 4: tile_avx2(4, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
+                        case 5: tile_avx2(5, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
+                        default: tile_avx2(6, u, wp, cin2, s, oy, ox0, wb, q, &f, o, yrow, &err); break;
                     }
                 }
             }

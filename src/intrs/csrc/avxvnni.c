@@ -22,8 +22,8 @@
 /* T output pixels x 16 channels o..o+15 of row oy: u is the lifted, framed image (rows of wp pixels of `pixel`
  * bytes, cin rounded up to 4), w the block's weights [kh*kw][pixel/4][16][4]; start: the lanes' start values. */
 INLINE void tile_avxvnni(int T, const uint8_t *u, int wp, int pixel, const conv_shape_t *s, int oy, int ox0,
-                         const int8_t *w, const __m256i start[2], const requant_t *q, int o, int8_t *yrow,
-                         int *err) {
+                         const int8_t *w, const __m256i start[2], const requant_t *q, const fused_avx2_t *f, int o,
+                         int8_t *yrow, int *err) {
     __m256i acc[2][AVXVNNI_TILE];
     for (int t = 0; t < T; t++) acc[0][t] = start[0], acc[1][t] = start[1];
     const int step = s->sw * pixel;
@@ -43,8 +43,7 @@ INLINE void tile_avxvnni(int T, const uint8_t *u, int wp, int pixel, const conv_
             }
         }
     int count = s->cout - o < 16 ? s->cout - o : 16;
-    for (int t = 0; t < T; t++)
-        epilogue_avx2(acc[0][t], acc[1][t], q, o, yrow + (int64_t)(ox0 + t) * s->cout + o, count, err);
+    EPILOGUE_TILE_AVX2(T, acc, q, f, o, yrow + (int64_t)ox0 * s->cout + o, s->cout, count, err);
 }
 
 /* -(z_in + 128) sum(w) of the block's 16 channels, in two vectors (vpdpbusd against bytes of 1 sums the
@@ -90,17 +89,19 @@ static int conv_s8_avxvnni(const int8_t *x, const conv_shape_t *s, const int8_t 
             const int8_t *wb = w + (o / 16) * block;
             __m256i start[2];
             lift_start(wb, steps, (int32_t)s->input_zero_point, start);
+            fused_avx2_t f;
+            fused_avx2(q, o, &f);
             for (int oy = 0; oy < s->oh; oy++) {
                 int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
                 for (int ox0 = 0; ox0 < s->ow; ox0 += AVXVNNI_TILE) {
                     int T = s->ow - ox0 < AVXVNNI_TILE ? s->ow - ox0 : AVXVNNI_TILE;
                     switch (T) { /* constant tile widths: the accumulators stay in registers */
-                        case 1: tile_avxvnni(1, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
-                        case 2: tile_avxvnni(2, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
-                        case 3: tile_avxvnni(3, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
-                        case 4: tile_avxvnni(4, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
-                        case 5: tile_avxvnni(5, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
-                        default: tile_avxvnni(6, u, wp, pixel, s, oy, ox0, wb, start, q, o, yrow, &err); break;
+                        case 1: tile_avxvnni(1, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
+                        case 2: tile_avxvnni(2, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
+                        case 3: tile_avxvnni(3, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
+                        case 4: tile_avxvnni(4, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
+                        case 5: tile_avxvnni(5, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
+                        default: tile_avxvnni(6, u, wp, pixel, s, oy, ox0, wb, start, q, &f, o, yrow, &err); break;
                     }
                 }
             }

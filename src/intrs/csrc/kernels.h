@@ -67,9 +67,10 @@ typedef struct {
      * lanes above with checks */
     int fast32;
     const int32_t *offset32, *mult32, *right32, *half32;
-    /* fused (VNNI): every accumulator provably within int32, no left shift, and requant_fused's bounds hold;
-     * per block of 16 channels, 80 int64 in even-then-odd lane order: add (lift 0), add (lift 128), below,
-     * fix, shift (see vnni.c's requant_fused). relu: act_min >= zero_point. */
+    /* fused (VNNI and AVX2): every accumulator provably within int32, no left shift, and requant_fused's bounds
+     * hold (|acc M0 + add - fix| < 2^62: the AVX2 kernels round in two steps); per block of 16 channels, 80
+     * int64 in even-then-odd lane order: add (lift 0), add (lift 128), below, fix, shift (see vnni.c's
+     * requant_fused and avx2_shared.h's requant_fused_avx2). relu: act_min >= zero_point. */
     int fused, relu;
     const int64_t *fused_constants;
 } requant_t;

@@ -67,7 +67,8 @@ INLINE lanes_t lanes_of(int64_t mult, int64_t shift, int64_t zero_point, int64_t
  * floor((x M0 + 2^30) / 2^31) = p, then p / 2^r rounding half away from zero, which is
  * floor((p + 2^(r-1)) / 2^r) for p >= 0 and floor((p + 2^(r-1) - 1) / 2^r) for p < 0 (p < 0 exactly when
  * x M0 + 2^30 < 0), and floor(floor(v / 2^31) / 2^r) = floor(v / 2^(31+r)). An offset o added to x before
- * the multiplication folds in too (add += o M0, below -= o M0). The caller keeps |numerator| < 2^63.
+ * the multiplication folds in too (add += o M0, below -= o M0). The caller keeps |numerator| < 2^62 (2^63 would
+ * do here; the AVX2 kernels read the same constants in two steps: avx2_shared.h).
  * With relu (act_min >= z, the output clamped there), the sign test is skipped: for p < 0 both roundings
  * give a value <= z, which the clamp turns into act_min all the same. */
 typedef struct {
