@@ -258,12 +258,22 @@ def test_prepared_plans_leave_with_their_model():
     assert key not in kernels._plans
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed):
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed, relu):
+    """Every int8 input pair, with and without the ReLU that ResNet's ADDs carry (act_min = z_out: the fused
+    forms then skip their sign test). Seeds 0-3: output shifts inside and outside the fused forms' range
+    (>= -21); seeds 4-5: the input shifts at the fused forms' limit (-10) and small output shifts, where the
+    rescaled sums are small enough that TFLite's rounding ties (which the sign test decides) occur."""
     rng = np.random.default_rng(seed)
     first, second = _conv(rng, "a", ["x"], 1, 1, 1, 1, 0), _conv(rng, "b", ["x"], 1, 1, 1, 1, 0)
     layer = _add(rng, "add", first, second)
     layer.input1_shift, layer.output_shift = int(rng.integers(-3, 1)), int(rng.integers(-24, -15))
+    if seed >= 4:
+        layer.input1_shift = layer.input2_shift = -10
+        layer.output_shift = int(rng.integers(-12, -8))
+    if relu:
+        layer.act_min = layer.output_zero_point
     grid = torch.arange(-128, 128, dtype=torch.int8)
     a, b = grid.repeat_interleave(256).reshape(1, 256, 256, 1), grid.repeat(256).reshape(1, 256, 256, 1)
     want = engine.add(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), layer).permute(0, 2, 3, 1)

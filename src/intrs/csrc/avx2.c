@@ -14,7 +14,7 @@ static int conv_avx2(const op_t *op, const void *in, void *out, void *scratch) {
     return intrs_conv_portable(op, in, out, scratch);
 }
 
-const isa_t intrs_isa_avx2 = {ISA_AVX2, 0, conv_avx2, add_avx2, intrs_add_rescale_portable};
+const isa_t intrs_isa_avx2 = {ISA_AVX2, 0, conv_avx2, add_avx2, add_rescale_avx2};
 
 #endif
 

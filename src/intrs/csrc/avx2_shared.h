@@ -203,13 +203,111 @@ static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, 
     return err;
 }
 
-/* ADD in 8 int32 lanes (shifts <= 0, as TFLite validates: see vnni.c's add_vnni), on int8 runs only. */
+/* vnni.c's add_input_fused on 8 lanes: one ADD input's rescaling MultiplyByQuantizedMultiplier((x - z) 2^20,
+ * M0, -r) plus z A, for the raw int8 x, in int32 lanes (vnni.c derives it: M0 = A 2^q + B, q = 11 + r, every
+ * term within int32 for r <= 10). */
+typedef struct {
+    __m256i a, b, k, z, fix;
+    __m128i q;
+} add_input_avx2_t;
+
+INLINE add_input_avx2_t add_input_avx2_of(int64_t z, int64_t mult, int64_t shift) {
+    const int64_t r = -shift, q = 11 + r, c = r ? (int64_t)1 << (r - 1) : 0;
+    const int64_t b = mult & (((int64_t)1 << q) - 1);
+    add_input_avx2_t in = {_mm256_set1_epi32((int32_t)(mult >> q)), _mm256_set1_epi32((int32_t)b),
+                           _mm256_set1_epi32((int32_t)(((int64_t)1 << 10) + c * 2048 - z * b)),
+                           _mm256_set1_epi32((int32_t)z), _mm256_set1_epi32(r ? 2048 : 0), _mm_cvtsi64_si128(q)};
+    return in;
+}
+
+INLINE __m256i add_input_fused_avx2(__m256i x, const add_input_avx2_t *in) {
+    __m256i low = _mm256_add_epi32(_mm256_mullo_epi32(x, in->b), in->k);
+    low = _mm256_sub_epi32(low, _mm256_and_si256(_mm256_cmpgt_epi32(in->z, x), in->fix));
+    return _mm256_add_epi32(_mm256_mullo_epi32(x, in->a), _mm256_sra_epi32(low, in->q));
+}
+
+/* The fused ADD (vnni.c's add_plan, lifts 0): both inputs by add_input_fused_avx2, their sum less zA = z1 A1 +
+ * z2 A2 requantized by requant_fused_avx2 with one multiplier for every lane. Its two-step rounding needs
+ * |sum M0 + add| < 2^62: the lanes hold s + zA with |s| < 2^29 (TFLite's ADD bounds, vnni.c) and |zA| < 2^28,
+ * so |sum M0| < 2^61, and |add| <= |zA| M0 + 2^30 + 2^51 + 128 2^52 < 2^60.1 for an output shift >= -21. */
+typedef struct {
+    add_input_avx2_t in1, in2;
+    fused_avx2_t out;
+    int relu;
+} add_fused_avx2_t;
+
+INLINE int add_fused_avx2_of(const int64_t *p, add_fused_avx2_t *plan) {
+    if (p[4] < -10 || p[6] < -10 || p[8] < -21) return 0;
+    const int64_t r = -p[8], m = p[7];
+    plan->in1 = add_input_avx2_of(p[0], p[3], p[4]), plan->in2 = add_input_avx2_of(p[1], p[5], p[6]);
+    const int64_t za = p[0] * (p[3] >> (11 - p[4])) + p[1] * (p[5] >> (11 - p[6]));
+    const int64_t add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
+                        p[2] * ((int64_t)1 << (31 + r));
+    fused_avx2_t *f = &plan->out;
+    for (int h = 0; h < 2; h++) {
+        f->mult[h] = f->mult_odd[h] = _mm256_set1_epi32((int32_t)m);
+        f->right[h] = _mm256_set1_epi32((int32_t)r);
+        for (int e = 0; e < 2; e++) {
+            f->add[h][e] = _mm256_set1_epi64x(add);
+            f->below[h][e] = _mm256_set1_epi64x(za * m - ((int64_t)1 << 30));
+            f->fix[h][e] = _mm256_set1_epi64x(r ? (int64_t)1 << 31 : 0);
+        }
+    }
+    f->act_min = _mm256_set1_epi32((int32_t)p[9]), f->act_max = _mm256_set1_epi32((int32_t)p[10]);
+    plan->relu = p[9] >= p[2];
+    return 1;
+}
+
+INLINE __m128i add_fused16_avx2(const add_fused_avx2_t *plan, const int8_t *a, const int8_t *b, int relu) {
+    __m256i v[2];
+    for (int h = 0; h < 2; h++) {
+        __m256i xa = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(a + 8 * h)));
+        __m256i xb = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8 * h)));
+        __m256i sum = _mm256_add_epi32(add_input_fused_avx2(xa, &plan->in1), add_input_fused_avx2(xb, &plan->in2));
+        v[h] = requant_fused_avx2(sum, &plan->out, 0, relu);
+    }
+    return pack16_avx2(v[0], v[1]);
+}
+
+/* One ADD input's rescaling alone, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, shift), in the form add_avx2
+ * uses for this input shift (for the tests; the scalar definition for the tail and for left shifts). */
+static int add_rescale_avx2(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out) {
+    if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out);
+    const int64_t right = -shift;
+    const add_input_avx2_t in = add_input_avx2_of(z, mult, shift);
+    const __m256i za = _mm256_set1_epi32((int32_t)(z * (mult >> (11 + right))));
+    const __m256i m = _mm256_set1_epi32((int32_t)mult), r = _mm256_set1_epi32((int32_t)right);
+    const __m256i h = _mm256_set1_epi32((int32_t)(((int64_t)1 << right) >> 1)), zv = _mm256_set1_epi32((int32_t)z);
+    const __m256i g = _mm256_cmpgt_epi32(r, _mm256_setzero_si256());
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x + i)));
+        v = right <= 10 ? _mm256_sub_epi32(add_input_fused_avx2(v, &in), za)
+                        : requant8_avx2(_mm256_slli_epi32(_mm256_sub_epi32(v, zv), ADD_LEFT_SHIFT), m, r, h, g);
+        _mm256_storeu_si256((__m256i *)(out + i), v);
+    }
+    return intrs_add_rescale_portable(x + i, count - i, z, mult, shift, out + i);
+}
+
+/* ADD in 8 int32 lanes (shifts <= 0, as TFLite validates: see vnni.c's add_vnni), on int8 runs only: the fused
+ * form where its bounds hold, otherwise three int32-lane rescalings. */
 static int add_avx2(const op_t *op, const void *in0, const void *in1, void *out) {
     if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
     const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
     if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(op, in0, in1, out);
     const int8_t *a = in0, *b = in1;
     int8_t *y = out;
+    add_fused_avx2_t fused;
+    if (add_fused_avx2_of(p, &fused)) {
+        int64_t i = 0;
+        if (fused.relu) /* one loop per form: the branch stays out of the loop */
+            for (; i + 16 <= count; i += 16) _mm_storeu_si128((__m128i *)(y + i), add_fused16_avx2(&fused, a + i, b + i, 1));
+        else
+            for (; i + 16 <= count; i += 16) _mm_storeu_si128((__m128i *)(y + i), add_fused16_avx2(&fused, a + i, b + i, 0));
+        op_t tail = *op;
+        tail.from0 = tail.from1 = tail.to = (layout_t){1, (int)(count - i), 1, 0, 1, 0, 0};
+        return intrs_add_portable(&tail, a + i, b + i, y + i);
+    }
     requant_t q = {0};
     q.zero_point = p[2], q.act_min = p[9], q.act_max = p[10];
     const __m256i zero = _mm256_setzero_si256();

@@ -118,6 +118,6 @@ static int conv_avxvnni(const op_t *op, const void *in, void *out, void *scratch
     return intrs_conv_portable(op, in, out, scratch);
 }
 
-const isa_t intrs_isa_avxvnni = {ISA_AVX_VNNI, 0, conv_avxvnni, add_avx2, intrs_add_rescale_portable};
+const isa_t intrs_isa_avxvnni = {ISA_AVX_VNNI, 0, conv_avxvnni, add_avx2, add_rescale_avx2};
 
 #endif
