@@ -47,7 +47,30 @@ def test_every_experiment_writes_data_tables_and_figures(ci_run):
         assert b"\r" not in csv_file.read_bytes(), csv_file
     sigma_rows = (ci_run / "certify-sigma" / "certified_accuracy.csv").read_text().splitlines()
     assert sigma_rows[0].startswith("system,sigma,") and sigma_rows[1].split(",")[1] == "0.12"
-    assert "IntRS-quant - FloatRS-fp, sigma = 0.12" in table
+    assert "IntRS-quant - FloatRS-fp, sigma = 0.12" in table and "FloatRS-quant - FloatRS-fp, sigma = 0.12" in table
+
+
+def test_the_gap_tables_carry_the_paired_test_of_each_cell(ci_run):
+    """Each gap cell: the difference on the same images, the images each system alone certifies at that radius,
+    and McNemar's exact p-value of that split, recomputed here from the two cells' TSVs."""
+    import re
+
+    from scipy.stats import binomtest
+
+    from intrs.results import read_result_table
+
+    folder = ci_run / "certify-sigma"
+    table = (folder / "certified_accuracy.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| IntRS-quant - FloatRS-fp, sigma = 0.25 |"))
+    cell = row.split("|")[3].strip()  # r = 0.25
+    mine = {r["idx"]: r for r in read_result_table(next(folder.glob("certify-intrs-quant-*sigma0.25*.tsv")))[1]}
+    theirs = {r["idx"]: r for r in read_result_table(next(folder.glob("certify-floatrs-fp-*sigma0.25*.tsv")))[1]}
+    certified = lambda r: int(r["correct"]) == 1 and float(r["radius"]) >= 0.25
+    only_mine = sum(certified(mine[i]) and not certified(theirs[i]) for i in mine)
+    only_theirs = sum(certified(theirs[i]) and not certified(mine[i]) for i in mine)
+    p = binomtest(only_mine, only_mine + only_theirs, 0.5).pvalue if only_mine + only_theirs else 1.0
+    assert cell == f"{(only_mine - only_theirs) / len(mine):+.2f} ({only_mine}/{only_theirs}, p {p:.2f})"
+    assert re.search(r"McNemar", table)
 
 
 def test_experiments_write_data_and_the_report_renders_it(capsys, ci_run, tmp_path):

@@ -24,7 +24,7 @@ from .files import write_atomically, write_text_atomically
 from .results import (FACTS_NAME, INTERVAL_HEADER, MAX_RADIUS_COLUMNS, RADIUS_STEP, TABLE1_HEADER,  # noqa: F401
                       certified_accuracy, certified_count, radius_grid, read_result_table, read_results,
                       samples_per_image)
-from .confidence import clopper_pearson_interval
+from .confidence import binomial_p_value, clopper_pearson_interval
 from .tables import csv_text, markdown_table
 
 DEFAULT_MAX_RADIUS = 1.5
@@ -366,7 +366,7 @@ def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> l
                long)
     tables = [markdown_table([label] + [f"r = {r:g}" for r in radii] + ["images", "samples/image"], rows)
               for label, rows in blocks.items()]
-    gap = _gap_table(found, radii, row_name, "FloatRS-fp", "IntRS-quant")
+    gaps = [(other, _gap_table(found, radii, row_name, "FloatRS-fp", other)) for other in ("IntRS-quant", "FloatRS-quant")]
     write_text_atomically(folder / "certified_accuracy.md",
         f"{caption}; each cell: certified accuracy [95% Clopper-Pearson interval over the images]; "
         f"samples/image: the mean of n0 + n"
@@ -374,13 +374,17 @@ def _render_accuracy(folder: Path, preset: dict, facts: dict, caption: str) -> l
            "lower bound passed 1/2 by the time it stopped, which can be early, so that column may read below the "
            "clean accuracy" if preset.get("sequential") and 0 in radii else "")
         + "\n\n" + "\n".join(tables)
-        + (f"\nIntRS-quant minus FloatRS-fp, per cell:\n\n{gap}" if gap else ""))
+        + "".join(f"\n{other} minus FloatRS-fp, per cell, on the same images: the gap (images certified by "
+                  f"{other} only / by FloatRS-fp only, the exact two-sided McNemar p-value of that split)\n\n{gap}"
+                  for other, gap in gaps if gap))
     return found
 
 
 def _gap_table(found: list, radii: list[float], row_name: str, base: str, other: str) -> str:
     """``other`` minus ``base`` per cell, on the images both cells certified (all of them in a finished run;
-    in an unfinished one the common images, counted in the last column)."""
+    in an unfinished one the common images, counted in the last column), with the paired test of the
+    difference: McNemar's exact test, the binomial test at 1/2 of the images that one system certifies at that
+    radius and the other does not (the images both or neither certify say nothing about the difference)."""
     cells = {(cell["label"], cell["row"]): rows for cell, rows, _ in found}
     rows = []
     for (label, value), mine in cells.items():
@@ -390,10 +394,16 @@ def _gap_table(found: list, radii: list[float], row_name: str, base: str, other:
         common = {r["idx"] for r in mine} & {r["idx"] for r in theirs}
         if not common:
             continue
-        a = [r for r in mine if r["idx"] in common]
-        b = [r for r in theirs if r["idx"] in common]
-        rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_name} = {value}"]
-                    + [f"{certified_accuracy(a, r) - certified_accuracy(b, r):+.2f}" for r in radii] + [len(common)])
+        a = {r["idx"]: r for r in mine if r["idx"] in common}
+        b = {r["idx"]: r for r in theirs if r["idx"] in common}
+        cells_out = []
+        for radius in radii:
+            only_a = sum(certified_count([a[i]], radius) > certified_count([b[i]], radius) for i in common)
+            only_b = sum(certified_count([b[i]], radius) > certified_count([a[i]], radius) for i in common)
+            cells_out.append(f"{(only_a - only_b) / len(common):+.2f} ({only_a}/{only_b}, "
+                             f"p {binomial_p_value(only_a, only_a + only_b):.2f})")
+        rows.append([label.replace(other, f"{other} - {base}", 1) + f", {row_name} = {value}"] + cells_out
+                    + [len(common)])
     return markdown_table(["gap"] + [f"r = {r:g}" for r in radii] + ["images"], rows) if rows else ""
 
 
