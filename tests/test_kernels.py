@@ -457,6 +457,20 @@ def isa_probe(native_build):
     return _link(*native_build, "isa_probe.c")
 
 
+def test_benchmarks_layer_rate_builds_with_the_kernels_objects_and_runs(native_build):
+    """benchmarks/layer_rate.c calls an instruction set's convolution as a program does: it must follow the
+    kernels' entry points (it went stale once, unbuilt by anything)."""
+    import subprocess
+
+    best = kernels.instruction_set()
+    if best == "portable":
+        pytest.skip("only the portable kernels here: 12,000 images of a 3x3 layer would take a while")
+    binary = _link(*native_build, "../benchmarks/layer_rate.c", "-D_POSIX_C_SOURCE=200809L")
+    run = subprocess.run([str(binary), best, "16", "28"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith(f"{best}: 3x3 convolution 16 -> 16 channels, 28x28:") and "GMAC/s" in run.stdout
+
+
 def _granted(output: str) -> tuple[str, ...]:
     return tuple(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("granted "))
 
