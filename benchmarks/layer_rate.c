@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
     op.kind = OP_CONV_S8, op.out = 1;
     op.shape = (conv_shape_t){1, H, H, C, C, C, 3, 3, 1, 1, 1, 1, H, H, 0};
     op.to = (layout_t){H, H, C, 0, C, 0, zero};
-    op.w_vnni = w, op.q_vnni = &q, op.w_pairs = pairs, op.q_pairs = &q, op.w_wide = wide, op.q_wide = &q;
+    op.w_vnni = w, op.q_vnni = &q, op.q_sdot = &q, op.w_pairs = pairs, op.q_pairs = &q, op.w_wide = wide, op.q_wide = &q;
     /* the input: framed and lifted where the instruction set runs that layout, plain int8 elsewhere */
     op.from0 = op.from1 = isa->lifted ? (layout_t){H, H, C, 1, C, 128, 0} : (layout_t){H, H, C, 0, C, 0, 0};
     void *scratch = aligned_alloc(64, (size_t)conv_scratch_bytes(&op, level));
