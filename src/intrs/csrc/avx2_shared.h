@@ -204,19 +204,16 @@ static int conv_pairs_avx2(const void *x, int x_is_int8, const conv_shape_t *s, 
 }
 
 /* vnni.c's add_input_fused on 8 lanes: one ADD input's rescaling MultiplyByQuantizedMultiplier((x - z) 2^20,
- * M0, -r) plus z A, for the raw int8 x, in int32 lanes (vnni.c derives it: M0 = A 2^q + B, q = 11 + r, every
- * term within int32 for r <= 10). */
+ * M0, -r) plus z A, for the raw int8 x, in int32 lanes (kernels.h's add_input_scalars). */
 typedef struct {
     __m256i a, b, k, z, fix;
     __m128i q;
 } add_input_avx2_t;
 
-INLINE add_input_avx2_t add_input_avx2_of(int64_t z, int64_t mult, int64_t shift) {
-    const int64_t r = -shift, q = 11 + r, c = r ? (int64_t)1 << (r - 1) : 0;
-    const int64_t b = mult & (((int64_t)1 << q) - 1);
-    add_input_avx2_t in = {_mm256_set1_epi32((int32_t)(mult >> q)), _mm256_set1_epi32((int32_t)b),
-                           _mm256_set1_epi32((int32_t)(((int64_t)1 << 10) + c * 2048 - z * b)),
-                           _mm256_set1_epi32((int32_t)z), _mm256_set1_epi32(r ? 2048 : 0), _mm_cvtsi64_si128(q)};
+INLINE add_input_avx2_t add_input_avx2_of(const add_input_scalars_t *c) {
+    add_input_avx2_t in = {_mm256_set1_epi32((int32_t)c->a), _mm256_set1_epi32((int32_t)c->b),
+                           _mm256_set1_epi32((int32_t)c->k), _mm256_set1_epi32((int32_t)c->z),
+                           _mm256_set1_epi32((int32_t)c->fix), _mm_cvtsi64_si128(c->q)};
     return in;
 }
 
@@ -237,24 +234,21 @@ typedef struct {
 } add_fused_avx2_t;
 
 INLINE int add_fused_avx2_of(const int64_t *p, add_fused_avx2_t *plan) {
-    if (p[4] < -10 || p[6] < -10 || p[8] < -21) return 0;
-    const int64_t r = -p[8], m = p[7];
-    plan->in1 = add_input_avx2_of(p[0], p[3], p[4]), plan->in2 = add_input_avx2_of(p[1], p[5], p[6]);
-    const int64_t za = p[0] * (p[3] >> (11 - p[4])) + p[1] * (p[5] >> (11 - p[6]));
-    const int64_t add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
-                        p[2] * ((int64_t)1 << (31 + r));
+    add_fused_scalars_t c;
+    if (!add_fused_scalars(p, 0, 0, 0, &c)) return 0;
+    plan->in1 = add_input_avx2_of(&c.in1), plan->in2 = add_input_avx2_of(&c.in2);
     fused_avx2_t *f = &plan->out;
     for (int h = 0; h < 2; h++) {
-        f->mult[h] = f->mult_odd[h] = _mm256_set1_epi32((int32_t)m);
-        f->right[h] = _mm256_set1_epi32((int32_t)r);
+        f->mult[h] = f->mult_odd[h] = _mm256_set1_epi32((int32_t)c.mult);
+        f->right[h] = _mm256_set1_epi32((int32_t)c.right);
         for (int e = 0; e < 2; e++) {
-            f->add[h][e] = _mm256_set1_epi64x(add);
-            f->below[h][e] = _mm256_set1_epi64x(za * m - ((int64_t)1 << 30));
-            f->fix[h][e] = _mm256_set1_epi64x(r ? (int64_t)1 << 31 : 0);
+            f->add[h][e] = _mm256_set1_epi64x(c.add);
+            f->below[h][e] = _mm256_set1_epi64x(c.below);
+            f->fix[h][e] = _mm256_set1_epi64x(c.fix);
         }
     }
-    f->act_min = _mm256_set1_epi32((int32_t)p[9]), f->act_max = _mm256_set1_epi32((int32_t)p[10]);
-    plan->relu = p[9] >= p[2];
+    f->act_min = _mm256_set1_epi32((int32_t)c.lo), f->act_max = _mm256_set1_epi32((int32_t)c.hi);
+    plan->relu = c.relu;
     return 1;
 }
 
@@ -274,8 +268,9 @@ INLINE __m128i add_fused16_avx2(const add_fused_avx2_t *plan, const int8_t *a, c
 static int add_rescale_avx2(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out) {
     if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out);
     const int64_t right = -shift;
-    const add_input_avx2_t in = add_input_avx2_of(z, mult, shift);
-    const __m256i za = _mm256_set1_epi32((int32_t)(z * (mult >> (11 + right))));
+    const add_input_scalars_t c = add_input_scalars(z, mult, shift);
+    const add_input_avx2_t in = add_input_avx2_of(&c);
+    const __m256i za = _mm256_set1_epi32((int32_t)(z * c.a));
     const __m256i m = _mm256_set1_epi32((int32_t)mult), r = _mm256_set1_epi32((int32_t)right);
     const __m256i h = _mm256_set1_epi32((int32_t)(((int64_t)1 << right) >> 1)), zv = _mm256_set1_epi32((int32_t)z);
     const __m256i g = _mm256_cmpgt_epi32(r, _mm256_setzero_si256());

@@ -192,6 +192,42 @@ INLINE int64_t requant_scalar(int64_t acc, int64_t mult, int64_t left, int64_t r
     return p >> right;
 }
 
+/* The fused ADD's constants (vnni.c derives the forms; every instruction set broadcasts these scalars). One
+ * input's rescaling MultiplyByQuantizedMultiplier((x - z) 2^20, M0, -r) plus z a is x a + ((x b + k - fix [x < z])
+ * >> q) with q = 11 + r, M0 = a 2^q + b: every term within int32 for r <= 10. */
+typedef struct {
+    int64_t a, b, k, z, fix, q;
+} add_input_scalars_t;
+
+INLINE add_input_scalars_t add_input_scalars(int64_t z, int64_t mult, int64_t shift) {
+    const int64_t r = -shift, q = 11 + r, c = r ? (int64_t)1 << (r - 1) : 0, b = mult & (((int64_t)1 << q) - 1);
+    add_input_scalars_t in = {mult >> q, b, ((int64_t)1 << 10) + c * 2048 - z * b, z, r ? 2048 : 0, q};
+    return in;
+}
+
+/* A whole fused ADD: both inputs' constants, and the output's (requant_fused's add, below, fix and shift 31 + r
+ * for one multiplier, the sum's zA = z1 a1 + z2 a2 folded in) and clamp bounds, each zero point and bound moved
+ * by its tensor's lift (0, or 128 for u8 values x + 128). 0 where the forms' bounds fail (an input shift below
+ * -10 or an output shift below -21): the caller takes its other exact form. p: op_t.add_params (shifts <= 0). */
+typedef struct {
+    add_input_scalars_t in1, in2;
+    int64_t mult, add, below, fix, right, lo, hi;
+    int relu;
+} add_fused_scalars_t;
+
+INLINE int add_fused_scalars(const int64_t *p, int lift_a, int lift_b, int lift_y, add_fused_scalars_t *f) {
+    if (p[4] < -10 || p[6] < -10 || p[8] < -21) return 0;
+    const int64_t r = -p[8], m = p[7];
+    f->in1 = add_input_scalars(p[0] + lift_a, p[3], p[4]), f->in2 = add_input_scalars(p[1] + lift_b, p[5], p[6]);
+    const int64_t za = f->in1.z * f->in1.a + f->in2.z * f->in2.a;
+    f->mult = m, f->right = r;
+    f->add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
+             (p[2] + lift_y) * ((int64_t)1 << (31 + r));
+    f->below = za * m - ((int64_t)1 << 30), f->fix = r ? (int64_t)1 << 31 : 0;
+    f->lo = p[9] + lift_y, f->hi = p[10] + lift_y, f->relu = p[9] >= p[2];
+    return 1;
+}
+
 INLINE int8_t finish_scalar(int64_t v, const requant_t *q) {
     v += q->zero_point;
     v = v < q->act_min ? q->act_min : v;

@@ -387,18 +387,16 @@ INLINE __m512i add_input16(__m512i d, const lanes_t *c) {
  * less z A: with q = 11 + r and M0 = A 2^q + B, floor((d 2^20 M0 + 2^30) / 2^31) then the rounding
  * division by 2^r is floor((d M0 + 2^10 + c 2^11) / 2^q) (as in requant_fused; c = 2^(r-1) - [d < 0], or 0
  * when r = 0) = d A + floor((d B + 2^10 + c 2^11) / 2^q), and d A = x A - z A. For r <= 10 every term is
- * within int32 (|x B| < 2^(q+9)). */
+ * within int32 (|x B| < 2^(q+9)). The constants: kernels.h's add_input_scalars. */
 typedef struct {
     __m512i a, b, k, z, fix;
     __m128i q;
 } add_input_t;
 
-INLINE add_input_t add_input_of(int64_t z, int64_t mult, int64_t shift) {
-    const int64_t r = -shift, q = 11 + r, c = r ? (int64_t)1 << (r - 1) : 0;
-    const int64_t b = mult & (((int64_t)1 << q) - 1);
-    add_input_t in = {_mm512_set1_epi32((int32_t)(mult >> q)), _mm512_set1_epi32((int32_t)b),
-                      _mm512_set1_epi32((int32_t)(((int64_t)1 << 10) + c * 2048 - z * b)), _mm512_set1_epi32((int32_t)z),
-                      _mm512_set1_epi32(r ? 2048 : 0), _mm_cvtsi64_si128(q)};
+INLINE add_input_t add_input_of(const add_input_scalars_t *c) {
+    add_input_t in = {_mm512_set1_epi32((int32_t)c->a), _mm512_set1_epi32((int32_t)c->b),
+                      _mm512_set1_epi32((int32_t)c->k), _mm512_set1_epi32((int32_t)c->z),
+                      _mm512_set1_epi32((int32_t)c->fix), _mm_cvtsi64_si128(c->q)};
     return in;
 }
 
@@ -424,29 +422,24 @@ typedef struct {
 } add_plan_t;
 
 static void add_plan(add_plan_t *plan, const int64_t *p, int lift_a, int lift_b, int lift_y) {
-    const int64_t z1 = p[0] + lift_a, z2 = p[1] + lift_b;
     plan->lift_a = lift_a, plan->lift_b = lift_b;
-    plan->fused = p[4] >= -10 && p[6] >= -10 && p[8] >= -21;
+    add_fused_scalars_t c;
+    plan->fused = add_fused_scalars(p, lift_a, lift_b, lift_y, &c);
     if (!plan->fused) {
         plan->c1 = lanes_of(p[3], p[4], 0, 0, 0), plan->c2 = lanes_of(p[5], p[6], 0, 0, 0);
         plan->co = lanes_of(p[7], p[8], p[2] + lift_y, p[9] + lift_y, p[10] + lift_y);
-        plan->z1 = _mm512_set1_epi32((int32_t)z1), plan->z2 = _mm512_set1_epi32((int32_t)z2);
+        plan->z1 = _mm512_set1_epi32((int32_t)(p[0] + lift_a)), plan->z2 = _mm512_set1_epi32((int32_t)(p[1] + lift_b));
         return;
     }
-    const int64_t r = -p[8], m = p[7];
-    plan->in1 = add_input_of(z1, p[3], p[4]), plan->in2 = add_input_of(z2, p[5], p[6]);
-    /* the sum of the two rescaled inputs is s + zA, zA = z1 A1 + z2 A2, folded into the output's constants */
-    const int64_t za = z1 * (p[3] >> (11 - p[4])) + z2 * (p[5] >> (11 - p[6]));
-    const int64_t add = -za * m + ((int64_t)1 << 30) + (r ? ((int64_t)1 << (r - 1)) << 31 : 0) +
-                        (p[2] + lift_y) * ((int64_t)1 << (31 + r));
+    plan->in1 = add_input_of(&c.in1), plan->in2 = add_input_of(&c.in2);
     fused_t *f = &plan->f;
-    f->mult = _mm512_set1_epi32((int32_t)m), f->mult_odd = _mm512_set1_epi64(m);
-    f->add[0] = f->add[1] = _mm512_set1_epi64(add);
-    f->below[0] = f->below[1] = _mm512_set1_epi64(za * m - ((int64_t)1 << 30));
-    f->fix[0] = f->fix[1] = _mm512_set1_epi64(r ? (int64_t)1 << 31 : 0);
-    f->shift[0] = f->shift[1] = _mm512_set1_epi64(31 + r);
-    plan->lo = _mm512_set1_epi32((int32_t)(p[9] + lift_y)), plan->hi = _mm512_set1_epi32((int32_t)(p[10] + lift_y));
-    plan->relu = p[9] >= p[2];
+    f->mult = _mm512_set1_epi32((int32_t)c.mult), f->mult_odd = _mm512_set1_epi64(c.mult);
+    f->add[0] = f->add[1] = _mm512_set1_epi64(c.add);
+    f->below[0] = f->below[1] = _mm512_set1_epi64(c.below);
+    f->fix[0] = f->fix[1] = _mm512_set1_epi64(c.fix);
+    f->shift[0] = f->shift[1] = _mm512_set1_epi64(31 + c.right);
+    plan->lo = _mm512_set1_epi32((int32_t)c.lo), plan->hi = _mm512_set1_epi32((int32_t)c.hi);
+    plan->relu = c.relu;
 }
 
 /* count bytes of one run of each operand through a plan */
@@ -508,8 +501,9 @@ static int add_rescale_vnni(const int8_t *x, int64_t count, int64_t z, int64_t m
     if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out);
     const int64_t right = -shift;
     const lanes_t c = lanes_of(mult, shift, 0, 0, 0);
-    const add_input_t in = add_input_of(z, mult, shift);
-    const __m512i za = _mm512_set1_epi32((int32_t)(z * (mult >> (11 + right))));
+    const add_input_scalars_t fused = add_input_scalars(z, mult, shift);
+    const add_input_t in = add_input_of(&fused);
+    const __m512i za = _mm512_set1_epi32((int32_t)(z * fused.a));
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
         __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
