@@ -160,6 +160,58 @@ def test_requantization_numerators_near_2_to_62_are_exact_and_past_it_leave_the_
     assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
 
 
+def _winograd_model(seed: int, cin: int, cout: int, size: int, padding: int) -> IntegerModel:
+    """A first layer, then the 3x3 stride-1 layer under test (AVX2 runs it as integer Winograd), a global
+    average and a head."""
+    rng = np.random.default_rng(seed)
+    first = _conv(rng, "first", ["input"], 1, cin, 3, 1, 0, shifts=(-18, -8))
+    body = _conv(rng, "body", ["first"], cin, cout, 3, 1, first.output_zero_point)
+    body.padding = (padding, padding)
+    side = size + 2 * padding - 2
+    pool = PoolLayer("pool", "average_pool", ["body"], "pool", is_global=True, kernel=(side, side), stride=(1, 1))
+    head = _conv(rng, "fc", ["flat"], cout, 7, 1, 1, body.output_zero_point)
+    head.op, head.padding = "fully_connected", (0, 0)
+    model = IntegerModel("input", (1, size, size), (-32768, 32767), 1.0,
+                         [first, body, pool, PoolLayer("flat", "flatten", ["pool"], "flat"), head], "fc", {})
+    validate(model)
+    return model
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("cin, cout, size", [(3, 5, 5), (16, 16, 8), (19, 33, 7), (40, 17, 6)])
+def test_3x3_stride_1_layers_equal_the_reference_at_every_padding_and_tile_edge(isa, padding, cin, cout, size):
+    """Odd output sizes leave half tiles at the right and bottom edges of Winograd's 2x2 blocks, paddings 0 and 2
+    move the frame, channel counts off 16 leave padded lanes; every instruction set must give the reference's
+    integers, and the AVX2 kernels must have been offered the Winograd weights for the layer."""
+    model = _winograd_model(cin * 31 + cout + padding, cin, cout, size, padding)
+    assert kernels._plan(model).steps[1].w_wino is not None
+    z = torch.randint(-300, 560, (5, 1, size, size), dtype=torch.int32)
+    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), engine.reference_forward(model, z))
+
+
+@pytest.mark.parametrize("cin, winograd", [(1800, True), (1850, False)])
+def test_winograd_lanes_at_their_int32_bound_are_exact_and_past_it_the_direct_kernel_runs(isa, cin, winograd):
+    """AVX2's Winograd lanes hold 4 sum (x - z_in) w in wrapping int32: offered only while 4 * 255 sum|w| < 2^31.
+    At 1,800 channels of weights +127 against activations all at x - z_in = -255 the lanes hold -2.098e9, 2.3%
+    inside the bound, and must come out exact; at 1,850 (past it) the plan must not offer them and the direct
+    kernel decides."""
+    model = _winograd_model(7, cin, 16, 3, 1)
+    first, body = model.layers[0], model.layers[1]
+    first.weight[:], first.bias[:] = 0, -(2 ** 30)  # every activation -128, against z_in = 127
+    first.output_zero_point, first.act_min, first.act_max, first.relu = 127, -128, 127, False
+    body.input_zero_point = 127
+    body.weight[:], body.bias[:] = 127, 0
+    body.multiplier[:], body.shift[:] = 2 ** 30, -24  # 2.1e9 / 2^25: about -63, inside the int8 range
+    body.output_zero_point, body.act_min, body.act_max, body.relu = 0, -128, 127, False
+    validate(model)
+    assert (kernels._plan(model).steps[1].w_wino is not None) is winograd
+    z = torch.randint(0, 256, (2, 1, 3, 3), dtype=torch.int32)
+    trace = []
+    want = engine.reference_forward(model, z, trace)
+    assert bool((trace[0] == -128).all()) and not bool(((trace[1] == -128) | (trace[1] == 127)).all())
+    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_resnet20_through_the_kernels_equals_the_reference(isa, shape, calibrated_resnet20):
     """The real network's shapes: every specialized tile (16, 14, 8, 7 pixels; strides 1 and 2)."""

@@ -40,7 +40,7 @@ from .errors import ConfigError, IntrsError
 from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
-_ABI = 6
+_ABI = 7
 _INT32_LIMIT = 2 ** 31 - 1
 
 # The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
@@ -89,8 +89,8 @@ OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
 class Op(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + \
                [(name, Layout) for name in ("from0", "from1", "to")] + [("shape", ConvShape)] + \
-               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "q_sdot", "w_pairs", "q_pairs", "w_wide",
-                                                     "q_wide", "add_params")] + [("pool", PoolShape)]
+               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "q_sdot", "w_pairs", "q_pairs", "w_wino",
+                                                     "w_wide", "q_wide", "add_params")] + [("pool", PoolShape)]
 
 
 class Isa(ctypes.Structure):
@@ -291,6 +291,22 @@ def _blocks(weight: np.ndarray, group: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(blocks)
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016) with its filter transform doubled into integers: G' = 2 G, so the
+# transformed filter is U' = G' g G'^T = 4 U (csrc/avx2.c says why the kernel's integers stay exact)
+_WINOGRAD_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
+
+
+def _winograd_blocks(weight: np.ndarray) -> np.ndarray:
+    """(O_pad, C, 3, 3) weights as avx2.c's conv_wino_avx2 reads them: U' = G' g G'^T per (output, input)
+    channel, as [O_pad / 16][16 positions xi = 4 i + j][C_2 / 2][16 outputs][2] int16 (C padded to even)."""
+    out, cin = weight.shape[:2]
+    u = np.einsum("ik,ockl,jl->ocij", _WINOGRAD_G2, weight.astype(np.int64), _WINOGRAD_G2).reshape(out, cin, 16)
+    pairs = np.zeros((out, -(-cin // 2) * 2, 16), dtype=np.int64)
+    pairs[:, :cin] = u
+    blocks = pairs.reshape(out // 16, 16, -1, 2, 16).transpose(0, 4, 2, 1, 3)
+    return np.ascontiguousarray(blocks).astype(np.int16)
+
+
 class _Requants:
     """One layer's requantization constants (int64 per output channel, int32 copies for the fast lanes)."""
 
@@ -388,10 +404,14 @@ class _Conv:
             self.q_sdot = requants.make(bias - layer.input_zero_point * columns, False)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
+            # AVX2's Winograd for 3x3 stride-1 layers: its wrapping lanes hold 4 sum (x - z_in) w, within int32
+            winograd = (kh, kw) == (3, 3) and tuple(layer.stride) == (1, 1)
+            self.w_wino = _winograd_blocks(padded) if winograd and 4 * 255 * self.max_abs_column <= _INT32_LIMIT \
+                else None
         self.requants = requants  # owns the arrays the Requant structs point at
         # the weights' addresses, once: numpy's .ctypes costs microseconds per call
-        self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni")
-                        if hasattr(self, name)}
+        self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni", "w_wino")
+                        if getattr(self, name, None) is not None}
 
     def choice(self, low: int, high: int) -> str:
         """How the first layer runs a batch whose input values lie in [low, high]: 'wrap' (its int32 sums
@@ -428,6 +448,7 @@ class _Conv:
             op.kind, op.w_vnni, op.q_vnni = OP_CONV_S8, self.weights["w_vnni"], ctypes.addressof(self.q_vnni)
             op.q_sdot = ctypes.addressof(self.q_sdot)
             op.w_pairs, op.q_pairs = self.weights["w_pairs"], ctypes.addressof(self.q_pairs8)
+            op.w_wino = self.weights.get("w_wino")
         return op, (oh, ow, self.cout)
 
 

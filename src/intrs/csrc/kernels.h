@@ -9,7 +9,7 @@
  *
  * The files, one idea each:
  *   portable.c    the definition in plain C: every layer, on every CPU (and the scalar tails of the others)
- *   avx2.c        AVX2 (vpmaddwd on int16 pairs), compiled with -mavx2 alone
+ *   avx2.c        AVX2 (vpmaddwd on int16 pairs; 3x3 stride-1 layers as integer Winograd), compiled with -mavx2 alone
  *   vnni.c        AVX-512 VNNI (vpdpbusd on u8 x s8), compiled with the AVX-512 flags alone
  *   neon.c        aarch64 NEON with the dot-product instructions (sdot on s8 x s8), compiled with +dotprod alone
  *   dispatch.c    the CPU's features, detected once; hands out an instruction set's table only where the CPU
@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTRS_ABI 6
+#define INTRS_ABI 7
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -110,6 +110,8 @@ typedef struct {
     const int16_t *w_pairs; /* [cout_pad/16][kh*kw][cin2/2][16][2] int16; OP_CONV_S32: null where the input is too
                                wide for int16 pairs */
     const requant_t *q_pairs;
+    const int16_t *w_wino; /* 3x3 stride-1 int8 layers: Winograd F(2x2, 3x3)'s U' = G' g G'^T (avx2.c), as
+                              [cout_pad/16][16][cin2/2][16][2] int16; null where 4 * 255 sum|w| could reach 2^31 */
     const int32_t *w_wide; /* rows of output channels (kh, kw, cin, cout_pad) */
     const requant_t *q_wide;
     const int64_t *add_params; /* z1, z2, z_out, M1, s1, M2, s2, Mo, so, act_min, act_max (shifts as TFLite's) */
@@ -253,6 +255,10 @@ INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
     const int64_t pairs = (s->cin + 1) & ~1, quads = (s->cin + 3) & ~3;
     int64_t staged = 0;
     if (level == ISA_AVX2) staged = framed * pairs * 2;
+    if (level == ISA_AVX2 && op->w_wino) { /* avx2.c's conv_wino_avx2: staged input, one tile row's V, sums */
+        const int64_t c16 = (s->cin + 15) & ~15, tiles_y = (s->oh + 1) / 2, tiles_x = (s->ow + 1) / 2;
+        staged = ((2 * tiles_y + 2) * (2 * tiles_x + 2) * c16 + 16 * tiles_x * c16) * 2 + 6 * 16 * 16 * 4;
+    }
     if (level == ISA_AVX_VNNI || level == ISA_VNNI)
         staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
