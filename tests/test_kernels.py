@@ -160,33 +160,52 @@ def test_requantization_numerators_near_2_to_62_are_exact_and_past_it_leave_the_
     assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
 
 
-def _winograd_model(seed: int, cin: int, cout: int, size: int, padding: int) -> IntegerModel:
-    """A first layer, then the 3x3 stride-1 layer under test (AVX2 runs it as integer Winograd), a global
-    average and a head."""
+def _winograd_model(seed: int, cin: int, cout: int, size: tuple[int, int], padding: tuple[int, int]) -> IntegerModel:
+    """A first layer, then the 3x3 stride-1 layer under test (AVX2 runs it as integer Winograd), flattened into
+    a head that weighs every output pixel on its own (so a pixel in the wrong place changes the logits)."""
     rng = np.random.default_rng(seed)
-    first = _conv(rng, "first", ["input"], 1, cin, 3, 1, 0, shifts=(-18, -8))
-    body = _conv(rng, "body", ["first"], cin, cout, 3, 1, first.output_zero_point)
-    body.padding = (padding, padding)
-    side = size + 2 * padding - 2
-    pool = PoolLayer("pool", "average_pool", ["body"], "pool", is_global=True, kernel=(side, side), stride=(1, 1))
-    head = _conv(rng, "fc", ["flat"], cout, 7, 1, 1, body.output_zero_point)
+    (h, w), (ph, pw) = size, padding
+    # shifts that keep each layer's outputs spread over the int8 range for inputs in [-300, 560]
+    first = _conv(rng, "first", ["input"], 1, cin, 3, 1, 0, shifts=(-11, -9))
+    body = _conv(rng, "body", ["first"], cin, cout, 3, 1, first.output_zero_point, shifts=(-11, -9))
+    body.padding, body.relu, body.act_min, body.act_max = (ph, pw), False, -128, 127  # no clamp hides a pixel
+    head = _conv(rng, "fc", ["flat"], cout * (h + 2 * ph - 2) * (w + 2 * pw - 2), 7, 1, 1, body.output_zero_point,
+                 shifts=(-11, -8))
     head.op, head.padding = "fully_connected", (0, 0)
-    model = IntegerModel("input", (1, size, size), (-32768, 32767), 1.0,
-                         [first, body, pool, PoolLayer("flat", "flatten", ["pool"], "flat"), head], "fc", {})
+    model = IntegerModel("input", (1, h, w), (-32768, 32767), 1.0,
+                         [first, body, PoolLayer("flat", "flatten", ["body"], "flat"), head], "fc", {})
     validate(model)
     return model
 
 
-@pytest.mark.parametrize("padding", [0, 1, 2])
-@pytest.mark.parametrize("cin, cout, size", [(3, 5, 5), (16, 16, 8), (19, 33, 7), (40, 17, 6)])
-def test_3x3_stride_1_layers_equal_the_reference_at_every_padding_and_tile_edge(isa, padding, cin, cout, size):
+@pytest.mark.parametrize("cin, cout, size, padding", [
+    *[(cin, cout, (side, side), (pad, pad)) for cin, cout, side in [(3, 5, 5), (16, 16, 8), (19, 33, 7), (40, 17, 6)]
+      for pad in (0, 1, 2)],
+    (17, 16, (5, 15), (0, 2)),  # 3 x 17 outputs: 9 tiles a row, two passes, a half tile in the second
+    (16, 20, (15, 5), (2, 1)),  # 17 x 5: a half tile at the bottom and at the right
+    (5, 16, (1, 13), (1, 0))])  # 1 x 11: one half-height tile row
+def test_3x3_stride_1_layers_equal_the_reference_at_every_padding_and_tile_edge(isa, cin, cout, size, padding):
     """Odd output sizes leave half tiles at the right and bottom edges of Winograd's 2x2 blocks, paddings 0 and 2
-    move the frame, channel counts off 16 leave padded lanes; every instruction set must give the reference's
-    integers, and the AVX2 kernels must have been offered the Winograd weights for the layer."""
-    model = _winograd_model(cin * 31 + cout + padding, cin, cout, size, padding)
-    assert kernels._plan(model).steps[1].w_wino is not None
-    z = torch.randint(-300, 560, (5, 1, size, size), dtype=torch.int32)
-    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), engine.reference_forward(model, z))
+    (and different ones per axis) move the frame, channel counts off 16 leave padded lanes; every instruction
+    set must give the reference's integers. The AVX2 kernels must take the Winograd path for the layer: with
+    its transformed weights zeroed in place, the logits must change."""
+    seed = cin * 31 + cout + sum(padding) + size[1]
+    model = _winograd_model(seed, cin, cout, size, padding)
+    z = torch.randint(-300, 560, (5, 1, *size), dtype=torch.int32, generator=torch.Generator().manual_seed(seed))
+    trace = []
+    want = engine.reference_forward(model, z, trace)
+    assert len({tuple(row) for row in want.tolist()}) > 1  # the logits depend on the input
+    assert not bool(((trace[1] == -128) | (trace[1] == 127)).all())
+    assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+    winograd = kernels._plan(model).steps[1].w_wino
+    assert winograd is not None
+    if isa == "avx2":
+        saved = winograd.copy()
+        winograd[:] = 0
+        try:
+            assert not torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+        finally:
+            winograd[:] = saved
 
 
 @pytest.mark.parametrize("cin, winograd", [(1800, True), (1850, False)])
@@ -195,13 +214,13 @@ def test_winograd_lanes_at_their_int32_bound_are_exact_and_past_it_the_direct_ke
     At 1,800 channels of weights +127 against activations all at x - z_in = -255 the lanes hold -2.098e9, 2.3%
     inside the bound, and must come out exact; at 1,850 (past it) the plan must not offer them and the direct
     kernel decides."""
-    model = _winograd_model(7, cin, 16, 3, 1)
+    model = _winograd_model(7, cin, 16, (3, 3), (1, 1))
     first, body = model.layers[0], model.layers[1]
     first.weight[:], first.bias[:] = 0, -(2 ** 30)  # every activation -128, against z_in = 127
     first.output_zero_point, first.act_min, first.act_max, first.relu = 127, -128, 127, False
     body.input_zero_point = 127
     body.weight[:], body.bias[:] = 127, 0
-    body.multiplier[:], body.shift[:] = 2 ** 30, -24  # 2.1e9 / 2^25: about -63, inside the int8 range
+    body.multiplier[:], body.shift[:] = 2 ** 30, -22  # Y = -5.2e8 (4Y = -2.1e9) / 2^23: about -63, in range
     body.output_zero_point, body.act_min, body.act_max, body.relu = 0, -128, 127, False
     validate(model)
     assert (kernels._plan(model).steps[1].w_wino is not None) is winograd
@@ -210,6 +229,20 @@ def test_winograd_lanes_at_their_int32_bound_are_exact_and_past_it_the_direct_ke
     want = engine.reference_forward(model, z, trace)
     assert bool((trace[0] == -128).all()) and not bool(((trace[1] == -128) | (trace[1] == 127)).all())
     assert torch.equal(kernels.forward(model, engine.check_input(model, z), isa), want)
+
+
+def test_a_layer_whose_lifted_sums_could_wrap_goes_to_the_reference(isa):
+    """vpdpbusd's lifted sums sum (x + 128) w stay exact in int32 while kh kw cin4 255 127 < 2^31: at 7,400 input
+    channels of a 3x3 layer they could wrap, so the plan must leave the layer to the reference engine (7,000:
+    within the bound, the kernels run it)."""
+    for cin, kernels_run in [(7000, True), (7400, False)]:
+        model = _winograd_model(3, cin, 16, (3, 3), (1, 1))
+        z = torch.randint(-300, 560, (2, 1, 3, 3), dtype=torch.int32)
+        assert kernels._plan(model).steps[1].vnni_exact is kernels_run
+        got = kernels.forward(model, engine.check_input(model, z), isa)
+        assert (got is not None) is kernels_run
+        assert torch.equal(engine.forward(model, z, instruction_set=isa) if got is None else got,
+                           engine.reference_forward(model, z))
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])

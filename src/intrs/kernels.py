@@ -403,7 +403,7 @@ class _Conv:
             # sdot (NEON) on the signed input: acc = sum x w + b - z_in sum w
             self.q_sdot = requants.make(bias - layer.input_zero_point * columns, False)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
-            self.vnni_exact = kh * kw * self.w_vnni.shape[4] * 4 * 255 * 127 <= _INT32_LIMIT
+            self.vnni_exact = kh * kw * self.w_vnni.shape[3] * 4 * 255 * 127 <= _INT32_LIMIT  # shape[3]: cin4 / 4
             # AVX2's Winograd for 3x3 stride-1 layers: its wrapping lanes hold 4 sum (x - z_in) w, within int32
             winograd = (kh, kw) == (3, 3) and tuple(layer.stride) == (1, 1)
             self.w_wino = _winograd_blocks(padded) if winograd and 4 * 255 * self.max_abs_column <= _INT32_LIMIT \
