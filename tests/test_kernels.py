@@ -104,6 +104,16 @@ def test_compiled_forward_equals_the_reference(isa, seed, cin, width, size, pool
     assert got.dtype == torch.int8 and torch.equal(got, want)
 
 
+def _pin_activations(first: ConvLayer, activation: int) -> int:
+    """Every output of ``first`` saturated at ``activation`` (-128 or 127), with its zero point at the other end of
+    the int8 range, so each reader sees |x - z_in| = 255; returns that zero point (the readers' z_in)."""
+    zero = 127 if activation == -128 else -128
+    first.weight[:] = 0
+    first.bias[:] = -(2 ** 30) if activation == -128 else 2 ** 30
+    first.output_zero_point, first.act_min, first.act_max, first.relu = zero, -128, 127, False
+    return zero
+
+
 @pytest.mark.parametrize("activation", [-128, 127])
 @pytest.mark.parametrize("pattern", ["all +127", "all -127", "random signs"])
 def test_worst_case_operands_equal_the_reference(isa, activation, pattern):
@@ -112,11 +122,7 @@ def test_worst_case_operands_equal_the_reference(isa, activation, pattern):
     layer's can be (255 * 127 * 9 * 32, within int32 as TFLite requires), scaled back into range by the shift."""
     model = random_model(21, 1, 32, 8, "global", False)
     first, body, skip = model.layers[0], model.layers[1], model.layers[2]
-    zero = 127 if activation == -128 else -128  # the other end: |x - z_in| = 255
-    first.weight[:] = 0
-    first.bias[:] = -(2 ** 30) if activation == -128 else 2 ** 30  # saturates every output at `activation`
-    first.output_zero_point, first.act_min, first.act_max, first.relu = zero, -128, 127, False
-    body.input_zero_point = skip.input_zero_point = zero
+    body.input_zero_point = skip.input_zero_point = _pin_activations(first, activation)
     rng = np.random.default_rng(abs(activation))
     signs = {"all +127": 1, "all -127": -1, "random signs": rng.choice([-1, 1], size=body.weight.shape)}[pattern]
     body.weight[:] = (127 * np.ones(body.weight.shape, dtype=np.int64) * signs).astype(np.int8)
@@ -216,9 +222,7 @@ def test_winograd_lanes_at_their_int32_bound_are_exact_and_past_it_the_direct_ke
     kernel decides."""
     model = _winograd_model(7, cin, 16, (3, 3), (1, 1))
     first, body = model.layers[0], model.layers[1]
-    first.weight[:], first.bias[:] = 0, -(2 ** 30)  # every activation -128, against z_in = 127
-    first.output_zero_point, first.act_min, first.act_max, first.relu = 127, -128, 127, False
-    body.input_zero_point = 127
+    body.input_zero_point = _pin_activations(first, -128)  # 127: x - z_in = -255
     body.weight[:], body.bias[:] = 127, 0
     body.multiplier[:], body.shift[:] = 2 ** 30, -22  # Y = -5.2e8 (4Y = -2.1e9) / 2^23: about -63, in range
     body.output_zero_point, body.act_min, body.act_max, body.relu = 0, -128, 127, False

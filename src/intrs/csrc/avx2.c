@@ -21,12 +21,6 @@
  * the direct kernel's sum (x - z_in) w, and the same epilogue finishes it. The tests hold it to the reference
  * engine (tests/test_kernels.py: random models, the worst-case operands, every padding). */
 
-#define WINO_TILE 6 /* tiles of one tile row per pass: 2T accumulators of 16 ymm */
-
-/* Scratch: the staged input, then one tile row's V, then the tiles' channel sums (kernels.h's
- * conv_scratch_bytes sizes the same three). */
-INLINE int wino_c16(const conv_shape_t *s) { return (s->cin + 15) & ~15; }
-
 /* V = B^T d B of 16 channels of one tile; d: its top-left staged pixel (pixels of c16 int16, rows of `row`), v:
  * V[xi] at v + xi * vstride. */
 INLINE void wino_input16(const int16_t *d, int c16, int64_t row, int16_t *v, int64_t vstride) {
@@ -92,15 +86,15 @@ INLINE void wino_output8(const int32_t *m, __m256i y[2][2]) {
 /* u: [cout_pad/16][16 xi][cin2/2][16][2] int16 (U', kernels.py's _winograd_blocks). */
 static int conv_wino_avx2(const int8_t *x, const conv_shape_t *s, const int16_t *u, const requant_t *q, int8_t *y,
                           int16_t *scratch) {
-    const int c16 = wino_c16(s), cin2 = (s->cin + 1) & ~1, tiles_y = (s->oh + 1) / 2, tiles_x = (s->ow + 1) / 2;
-    const int hs = 2 * tiles_y + 2, ws = 2 * tiles_x + 2;
-    const int64_t row = (int64_t)ws * c16, vstride = (int64_t)tiles_x * c16, block = 16 * (int64_t)cin2 * 16;
-    int16_t *d = scratch, *v = d + (int64_t)hs * row;
-    int32_t *m = (int32_t *)(v + 16 * vstride);
+    const wino_layout_t l = wino_layout(s); /* the scratch's three parts (kernels.h) */
+    const int c16 = l.c16, cin2 = (s->cin + 1) & ~1, tiles_y = l.tiles_y, tiles_x = l.tiles_x;
+    const int64_t row = (int64_t)l.ws * c16, vstride = (int64_t)tiles_x * c16, block = 16 * (int64_t)cin2 * 16;
+    int16_t *d = scratch, *v = d + l.staged;
+    int32_t *m = (int32_t *)(v + l.v);
     const int16_t zp = (int16_t)s->input_zero_point;
     int err = 0;
     /* the staged input: x - z_in framed by zeros (TFLite pads with z_in) and by the last tiles' overhang */
-    memset(d, 0, (size_t)hs * row * 2);
+    memset(d, 0, (size_t)l.staged * 2);
     for (int iy = 0; iy < s->h; iy++)
         for (int ix = 0; ix < s->w; ix++) {
             int16_t *dst = d + (iy + s->ph) * row + (int64_t)(ix + s->pw) * c16;

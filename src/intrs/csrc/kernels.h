@@ -244,6 +244,25 @@ INLINE char *interior(const void *slot, const layout_t *l) {
     return (char *)slot + l->pad * layout_row(l) + l->pad * l->pixel;
 }
 
+/* avx2.c's Winograd F(2x2, 3x3) scratch for one image, in this order: the staged input x - z_in (hs x ws pixels of
+ * c16 int16: the frame and the last tiles' overhang included), one tile row's transformed input V (16 positions x
+ * tiles_x tiles x c16 int16), and the channel sums of WINO_TILE tiles (16 positions x 16 channels int32 each). */
+#define WINO_TILE 6 /* tiles of one tile row per pass: 2T accumulators of 16 ymm */
+
+typedef struct {
+    int c16, tiles_y, tiles_x, hs, ws;
+    int64_t staged, v, bytes; /* int16 values of the staged input and of V; the whole scratch in bytes */
+} wino_layout_t;
+
+INLINE wino_layout_t wino_layout(const conv_shape_t *s) {
+    wino_layout_t l;
+    l.c16 = (s->cin + 15) & ~15, l.tiles_y = (s->oh + 1) / 2, l.tiles_x = (s->ow + 1) / 2;
+    l.hs = 2 * l.tiles_y + 2, l.ws = 2 * l.tiles_x + 2;
+    l.staged = (int64_t)l.hs * l.ws * l.c16, l.v = 16 * (int64_t)l.tiles_x * l.c16;
+    l.bytes = (l.staged + l.v) * 2 + WINO_TILE * 16 * 16 * 4;
+    return l;
+}
+
 /* The scratch one image of a convolution op needs on instruction set `level`, rounded up to 64 bytes: the
  * staging copy of its input as that set's kernel lays it out (framed by the padding, channels padded to 2 as
  * int16 or to 4 as int8 or u8), or the portable kernel's int32 accumulators,
@@ -255,10 +274,7 @@ INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
     const int64_t pairs = (s->cin + 1) & ~1, quads = (s->cin + 3) & ~3;
     int64_t staged = 0;
     if (level == ISA_AVX2) staged = framed * pairs * 2;
-    if (level == ISA_AVX2 && op->w_wino) { /* avx2.c's conv_wino_avx2: staged input, one tile row's V, sums */
-        const int64_t c16 = (s->cin + 15) & ~15, tiles_y = (s->oh + 1) / 2, tiles_x = (s->ow + 1) / 2;
-        staged = ((2 * tiles_y + 2) * (2 * tiles_x + 2) * c16 + 16 * tiles_x * c16) * 2 + 6 * 16 * 16 * 4;
-    }
+    if (level == ISA_AVX2 && op->w_wino) staged = wino_layout(s).bytes; /* avx2.c's conv_wino_avx2 */
     if (level == ISA_AVX_VNNI || level == ISA_VNNI)
         staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
