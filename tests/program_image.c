@@ -1,6 +1,7 @@
-/* Runs a network program written by intrs.kernels (_Program.image) through every instruction set this CPU has
- * and compares each output with the reference engine's, which the file carries: the test harness for kernels
- * built for another machine (tests/test_kernels.py cross-compiles it for aarch64 and runs it under qemu).
+/* Runs a network program written by intrs.kernels (_Program.image), or a file of ADD cases written by
+ * tests/test_kernels.py (_add_image), through every instruction set this CPU has and compares each output with
+ * the reference engine's, which the file carries: the test harness for kernels built for another machine
+ * (tests/test_kernels.py cross-compiles it for aarch64 and runs it under qemu).
  * Usage: program_image FILE. Prints one line per instruction set; exits 1 on any difference or error. */
 #include <stdio.h>
 
@@ -17,6 +18,54 @@ static void *relocated(void *pointer, char *data) {
     return pointer ? data + ((uintptr_t)pointer - 1) : NULL;
 }
 
+/* ADD cases (magic INTRSAD1, then the case count; little-endian int64 words and blocks): kind 0, an ADD:
+ * its 11 add_params, count, then int8 a, b and the expected int8 outputs; kind 1, one input's rescaling: z, M0,
+ * shift, count, then int8 x and the expected int32 outputs. Every case runs through intrs_add or
+ * intrs_add_rescale on each instruction set's table. */
+static int add_cases(const char *blob, long size) {
+    int bad = 0;
+    for (int level = 0; level < ISA_COUNT; level++) {
+        const isa_t *isa = intrs_isa(level);
+        if (!isa) {
+            printf("refused %s\n", intrs_isa_name(level));
+            continue;
+        }
+        const char *at = blob + 8;
+        const int64_t cases = word(&at);
+        int64_t differ = 0, total = 0;
+        int rc = 0;
+        for (int64_t c = 0; c < cases; c++) {
+            const int64_t kind = word(&at);
+            if (kind == 0) {
+                int64_t params[11];
+                for (int k = 0; k < 11; k++) params[k] = word(&at);
+                const int64_t count = word(&at);
+                const int8_t *a = (const int8_t *)at, *b = a + count, *want = b + count;
+                int8_t *y = malloc((size_t)count);
+                memset(y, 0x55, (size_t)count);
+                rc |= intrs_add(isa, a, b, count, params, y);
+                for (int64_t k = 0; k < count; k++) differ += y[k] != want[k];
+                total += count, at += 3 * count;
+                free(y);
+            } else {
+                const int64_t z = word(&at), mult = word(&at), shift = word(&at), count = word(&at);
+                const int8_t *x = (const int8_t *)at;
+                int32_t *y = malloc(sizeof(int32_t) * (size_t)count), want;
+                rc |= intrs_add_rescale(isa, x, count, z, mult, shift, y);
+                for (int64_t k = 0; k < count; k++) differ += (memcpy(&want, at + count + 4 * k, 4), y[k] != want);
+                total += count, at += 5 * count;
+                free(y);
+            }
+        }
+        if (at != blob + size) return fprintf(stderr, "truncated or oversized ADD cases\n"), 2;
+        printf("granted %s: rc %d, %lld of %lld outputs differ from the reference engine\n", intrs_isa_name(level), rc,
+               (long long)differ, (long long)total);
+        bad |= rc || differ;
+    }
+    printf("%s\n", bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) return 2;
     FILE *file = fopen(argv[1], "rb");
@@ -27,6 +76,7 @@ int main(int argc, char **argv) {
     char *blob = malloc((size_t)size);
     if (!blob || fread(blob, 1, (size_t)size, file) != (size_t)size) return 2;
     fclose(file);
+    if (size >= 16 && !memcmp(blob, "INTRSAD1", 8)) return add_cases(blob, size);
     if (size < 88 || memcmp(blob, "INTRSPG1", 8)) return fprintf(stderr, "not a program image\n"), 2;
     const char *at = blob + 8;
     const int64_t op_size = word(&at), requant_size = word(&at), count = word(&at), slots = word(&at);

@@ -347,13 +347,12 @@ def test_prepared_plans_leave_with_their_model():
     assert key not in kernels._plans
 
 
-@pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("seed", range(6))
-def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed, relu):
-    """Every int8 input pair, with and without the ReLU that ResNet's ADDs carry (act_min = z_out: the fused
-    forms then skip their sign test). Seeds 0-3: output shifts inside and outside the fused forms' range
-    (>= -21); seeds 4-5: the input shifts at the fused forms' limit (-10) and small output shifts, where the
-    rescaled sums are small enough that TFLite's rounding ties (which the sign test decides) occur."""
+def _add_case(seed: int, relu: bool) -> tuple[AddLayer, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An ADD on every int8 input pair (NHWC 1 x 256 x 256 x 1) and the reference's outputs, with and without
+    the ReLU that ResNet's ADDs carry (act_min = z_out: the fused forms then skip their sign test). Seeds 0-3:
+    output shifts inside and outside the fused forms' range (>= -21); seeds 4-5: the input shifts at the fused
+    forms' limit (-10) and small output shifts, where the rescaled sums are small enough that TFLite's rounding
+    ties (which the sign test decides) occur."""
     rng = np.random.default_rng(seed)
     first, second = _conv(rng, "a", ["x"], 1, 1, 1, 1, 0), _conv(rng, "b", ["x"], 1, 1, 1, 1, 0)
     layer = _add(rng, "add", first, second)
@@ -366,25 +365,42 @@ def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed, relu):
     grid = torch.arange(-128, 128, dtype=torch.int8)
     a, b = grid.repeat_interleave(256).reshape(1, 256, 256, 1), grid.repeat(256).reshape(1, 256, 256, 1)
     want = engine.add(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), layer).permute(0, 2, 3, 1)
+    return layer, a.contiguous(), b.contiguous(), want.contiguous()
+
+
+ADD_CASES = [(seed, relu) for seed in range(6) for relu in (False, True)]
+
+
+@pytest.mark.parametrize("seed,relu", ADD_CASES)
+def test_compiled_add_equals_the_reference_on_every_input_pair(isa, seed, relu):
+    layer, a, b, want = _add_case(seed, relu)
     got = torch.empty_like(a)
-    assert kernels.library().intrs_add(kernels._table(isa), a.contiguous().data_ptr(), b.contiguous().data_ptr(),
-                                       a.numel(), kernels._Add(layer).params_address, got.data_ptr()) == 0
+    assert kernels.library().intrs_add(kernels._table(isa), a.data_ptr(), b.data_ptr(), a.numel(),
+                                       kernels._Add(layer).params_address, got.data_ptr()) == 0
     assert torch.equal(got, want)
+
+
+def _rescale_cases(seed: int) -> list[tuple[int, int, int, torch.Tensor]]:
+    """The ADD's first step, which its output rescaling mostly hides, on every int8 value: (M0, shift, zero
+    point, the reference's int32 outputs) at every shift (the kernels take different forms for shifts down to
+    -10 and below) and extreme multipliers."""
+    rng = np.random.default_rng(seed)
+    x = torch.arange(-128, 128, dtype=torch.int64)
+    cases = []
+    for m, shift in [(1 << 30, 0), (2 ** 31 - 1, -31), (2 ** 31 - 1, 0), (1 << 30, -1)] + \
+            [(int(rng.integers(1 << 30, 1 << 31)), shift) for shift in range(-31, 1) for _ in range(3)]:
+        zero = int(rng.integers(-128, 128))
+        cases.append((m, shift, zero, engine.requantize((x - zero) << engine.ADD_LEFT_SHIFT, m, shift)))
+    return cases
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_compiled_add_input_rescaling_equals_the_reference(isa, seed):
-    """The ADD's first step, which its output rescaling mostly hides, on every int8 value."""
-    rng = np.random.default_rng(seed)
     x = torch.arange(-128, 128, dtype=torch.int8)
-    # every shift (the kernels take different forms for shifts down to -10 and below), extreme multipliers
-    for m, shift in [(1 << 30, 0), (2 ** 31 - 1, -31), (2 ** 31 - 1, 0), (1 << 30, -1)] + \
-            [(int(rng.integers(1 << 30, 1 << 31)), shift) for shift in range(-31, 1) for _ in range(3)]:
-        zero = int(rng.integers(-128, 128))
+    for m, shift, zero, want in _rescale_cases(seed):
         out = torch.empty(256, dtype=torch.int32)
         assert kernels.library().intrs_add_rescale(kernels._table(isa), x.data_ptr(), 256, zero, m, shift,
                                                    out.data_ptr()) == 0
-        want = engine.requantize((x.to(torch.int64) - zero) << engine.ADD_LEFT_SHIFT, m, shift)
         assert torch.equal(out.to(torch.int64), want), (m, shift, zero)
 
 
@@ -592,12 +608,12 @@ def test_isa_probe_on_emulated_cpus_without_avx512_or_avx2_refuses_what_they_lac
             assert f"refused {name}" in run.stdout
 
 
-def _program_images(tmp_path, cases) -> list[Path]:
-    """Programs of random models (plain layouts: what every instruction set runs) with inputs and the
-    reference engine's outputs, as files tests/program_image.c runs."""
+def _program_images(tmp_path, models: list[IntegerModel]) -> list[Path]:
+    """Programs of models (plain layouts: what every instruction set runs) with inputs and the reference
+    engine's outputs, as files tests/program_image.c runs."""
     paths = []
-    for seed, cin, width, size, pool in cases:
-        model = random_model(seed, cin, width, size, pool, False)
+    for seed, model in enumerate(models):
+        cin, size = model.input_shape[0], model.input_shape[1]
         z = torch.from_numpy(np.random.default_rng(seed).integers(-300, 600, size=(5, cin, size, size))
                              .astype(np.int32))
         x = z.permute(0, 2, 3, 1).contiguous()
@@ -608,7 +624,47 @@ def _program_images(tmp_path, cases) -> list[Path]:
     return paths
 
 
+def _tied_requantization_model(seed: int) -> IntegerModel:
+    """A random model whose int8 convolutions requantize by small right shifts (1-4) with weights in {-1, 0, 1},
+    so most outputs stay inside the int8 range and many land on the exact halves that TFLite's rounding sends
+    away from zero: where a requantization's sign fix matters. No left shift: the int32-lane epilogues run."""
+    model = random_model(seed, 3, 16, 8, "global", False)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers[1:3] + model.layers[4:5]:
+        layer.weight[:] = rng.choice([-1, 0, 0, 0, 1], size=layer.weight.shape).astype(np.int8)
+        layer.bias[:] = rng.integers(-50, 50, size=layer.bias.shape)
+        layer.shift[:] = rng.integers(-4, 0, size=layer.shift.shape)
+        layer.act_max = 127
+    validate(model)
+    return model
+
+
 PROGRAM_CASES = [(21, 1, 16, 8, "global"), (22, 3, 19, 7, "window"), (23, 5, 32, 9, "max"), (24, 7, 4, 6, "global")]
+
+
+def _program_case_images(tmp_path) -> list[Path]:
+    models = [random_model(seed, cin, width, size, pool, False) for seed, cin, width, size, pool in PROGRAM_CASES]
+    return _program_images(tmp_path, models + [_tied_requantization_model(seed) for seed in (31, 32)])
+
+
+def _add_image(tmp_path) -> Path:
+    """Every ADD case and input rescaling case of the native tests above as one file of ADD cases, with the
+    reference's outputs (tests/program_image.c's add_cases)."""
+    parts, count = [], 0
+    for seed, relu in ADD_CASES:
+        layer, a, b, want = _add_case(seed, relu)
+        parts += [np.array([0, *kernels._Add(layer).params, a.numel()], dtype="<i8").tobytes(), a.numpy().tobytes(),
+                  b.numpy().tobytes(), want.numpy().tobytes()]
+        count += 1
+    x = np.arange(-128, 128, dtype=np.int8).tobytes()
+    for seed in range(6):
+        for m, shift, zero, want in _rescale_cases(seed):
+            parts += [np.array([1, zero, m, shift, 256], dtype="<i8").tobytes(), x,
+                      want.numpy().astype("<i4").tobytes()]
+            count += 1
+    path = tmp_path / "add-cases.bin"
+    path.write_bytes(b"INTRSAD1" + np.array([count], dtype="<i8").tobytes() + b"".join(parts))
+    return path
 
 
 def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_build):
@@ -617,7 +673,7 @@ def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_b
     if kernels.library() is None:
         pytest.skip("no compiled kernels here")
     binary = _link(*native_build, "program_image.c")
-    for path in _program_images(tmp_path, PROGRAM_CASES):
+    for path in _program_case_images(tmp_path) + [_add_image(tmp_path)]:
         run = subprocess.run([str(binary), str(path)], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
         assert run.stdout.count(" 0 of ") == len(kernels.instruction_sets())
@@ -639,7 +695,7 @@ def test_aarch64_neon_kernels_under_qemu_equal_the_reference_engine(tmp_path, cp
         pytest.skip("MISSING aarch64 toolchain: needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian's "
                     "gcc-aarch64-linux-gnu and qemu-user; bash scripts/setup.sh installs them where apt exists)")
     binary = _link(tmp_path, compiler, _objects(tmp_path, compiler, "aarch64"), "program_image.c", "-static")
-    for path in _program_images(tmp_path, PROGRAM_CASES):
+    for path in _program_case_images(tmp_path) + [_add_image(tmp_path)]:
         run = subprocess.run([qemu, "-cpu", cpu, str(binary), str(path)], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
         assert _granted(run.stdout) == AARCH64_CPUS[cpu]

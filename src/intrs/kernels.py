@@ -325,7 +325,7 @@ class _Requants:
     def make(self, offset: np.ndarray, fast32: bool, dot_bound: np.ndarray | None = None) -> Requant:
         """``fast32`` promises |acc| <= 2^30 (the int32-lane epilogue) and is refused with a left shift.
         ``dot_bound`` (per channel, for the VNNI kernels: acc = dot + offset) asks for the fused epilogue."""
-        fast32 = fast32 and not self.left.any()
+        fast32 = fast32 and not self.left.any() and int(np.abs(offset).max(initial=0)) < 2 ** 31
         offset32 = offset.astype(np.int32) if fast32 else offset
         fused = None if dot_bound is None else self._fused(offset, dot_bound)
         self.keep += [offset, offset32, fused]
@@ -400,8 +400,9 @@ class _Conv:
             offset = bias - (layer.input_zero_point + 128) * columns
             # the VNNI epilogue: the fused form where its bounds hold, else int64 lanes (no int32-lane form)
             self.q_vnni = requants.make(offset, False, dot_bound=255 * abs_columns)
-            # sdot (NEON) on the signed input: acc = sum x w + b - z_in sum w
-            self.q_sdot = requants.make(bias - layer.input_zero_point * columns, False)
+            # sdot (NEON) on the signed input: acc = sum x w + b - z_in sum w, the same value as the AVX2 kernels'
+            # acc, so the same int32-lane promise; its offset lies within 2^30 + 128 sum|w| < 2^31 there
+            self.q_sdot = requants.make(bias - layer.input_zero_point * columns, fast32)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[3] * 4 * 255 * 127 <= _INT32_LIMIT  # shape[3]: cin4 / 4
             # AVX2's Winograd for 3x3 stride-1 layers: its wrapping lanes hold 4 sum (x - z_in) w, within int32
