@@ -102,7 +102,7 @@ def test_the_bounds_hold_at_every_step_with_total_error_alpha_even_for_an_advers
 
 def test_radius_tables_are_the_exact_decisions_entry_by_entry():
     """Every entry against the host's exact decision at it and next to it; the budget by brute force."""
-    steps, alpha, sigma, radii = batch_schedule(1500, 100), 0.01, 0.25, (0.1, 0.25, 0.5)
+    steps, alpha, sigma, radii = batch_schedule(1500, 100), 0.01, 0.25, (0.1, 0.25, 0.5, 2.5)  # 2.5: 10 sigma
     tables = radius_tables(steps, alpha, sigma, radii)
     for k, t in enumerate(steps):
         for j in range(len(radii)):
@@ -119,6 +119,21 @@ def test_radius_tables_are_the_exact_decisions_entry_by_entry():
                 assert not reachable(b - 1) and reachable(b)
     assert np.all(np.diff(tables.certify_at, axis=1) >= 0) and np.all(np.diff(tables.refute_below, axis=1) >= 0)
     assert np.all(tables.refute_below <= tables.certify_at)
+
+
+def test_radii_whose_level_rounds_to_one_are_decided_at_once_as_not_certifiable():
+    """At sigma = 0.12, radii from 1.0 (8.3 sigma) have Phi(r / sigma) = 1.0 as a double: the tables once
+    crashed there (ln(1 - p) at p = 1, in the fmnist preset's Tables 4/5 cells). Such a radius is never
+    certified, out of the budget from the first step, and refuted by the first vote against the top class."""
+    steps = batch_schedule(100_000, 100)
+    tables = radius_tables(steps, 0.001, 0.12, (0.25, 0.5, 1.0, 1.75))
+    assert np.array_equal(tables.certify_at[:, 2:], np.tile(np.asarray(steps)[:, None] + 1, 2))
+    assert np.array_equal(tables.refute_below[0, 2:], [steps[0] + 1] * 2)  # decided at the first step
+    assert tables.refuted(0, steps[0] - 1, 3) and not tables.refuted(0, steps[0], 3)
+    assert not tables.certified(len(steps) - 1, steps[-1], 3)
+    assert tables.certify_at[-1, 0] <= steps[-1]  # 0.25 (2.1 sigma) stays certifiable
+    with pytest.raises(ConfigError, match="sigma"):
+        radius_tables(steps, 0.6, 0.12, (1.75,))
 
 
 def test_radius_table_decisions_are_monotone_in_the_count():

@@ -412,17 +412,39 @@ class RadiusTables:
         return np.minimum(np.maximum(self.refuted_below, self.budget_below), self.certify_at)
 
     def _levels(self, j: int):
+        """Phi(r_j / sigma) as a double and in 50 digits; where the double rounds to 1 (r_j / sigma above about
+        8.3), the largest double below 1 stands in for both: see :func:`_beyond_doubles`."""
         with mpmath.workdps(_DIGITS):
             exact = mpmath.ncdf(mpmath.mpf(self.radii[j]) / mpmath.mpf(self.sigma))
+            if float(exact) == 1.0:
+                return _BELOW_ONE, mpmath.mpf(_BELOW_ONE)
             return float(exact), exact
+
+    def _beyond(self, j: int) -> bool:
+        return _beyond_doubles(self.radii[j], self.sigma)
 
     def certified(self, step: int, successes: int, j: int) -> bool:
         """Whether radius j is certified after ``step`` with ``successes`` votes (the exact decision)."""
-        return _certified(self.bounds, step, successes, *self._levels(j))
+        return not self._beyond(j) and _certified(self.bounds, step, successes, *self._levels(j))
 
     def refuted(self, step: int, successes: int, j: int) -> bool:
         """Whether the sequence's upper bound rules radius j out (pA < Phi(r_j / sigma)) after ``step``."""
         return _refuted(self.bounds, step, successes, *self._levels(j))
+
+
+_BELOW_ONE = math.nextafter(1.0, 0.0)  # 1 - 2^-53
+
+
+def _beyond_doubles(radius: float, sigma: float) -> bool:
+    """Whether Phi(radius / sigma) rounds to 1 as a double, i.e. 1 - Phi > 2^-54 fails: then no schedule of fewer
+    than 2^52 samples certifies the radius at alpha <= 1/2 (radius_tables refuses others), so it is decided as
+    never certified, and refuted against 1 - 2^-53 < Phi (refuting that refutes the radius; the mixture's
+    ln(1 - p) has no double at p = 1). Why never: with every one of t votes for the top class, M_t(p) =
+    (1 - w) B(a + t, a) / B(a, a) p^-t + w p^-t <= p^-t <= exp(t (1 - p) / p) < e^(1/4) < 1 / alpha, and the
+    last step's Clopper-Pearson end alpha^(1/t) < 1 - ln(1 / alpha) / (2t) < 1 - 2^-54 < p; fewer votes only
+    lower both (Cohen et al. 2019's certificate needs the lower bound above Phi(r / sigma))."""
+    with mpmath.workdps(_DIGITS):
+        return float(mpmath.ncdf(mpmath.mpf(radius) / mpmath.mpf(sigma))) == 1.0
 
 
 def _certified(bounds: SequentialBounds, step: int, s: int, p: float, p_exact) -> bool:
@@ -451,6 +473,10 @@ def radius_tables(steps: tuple[int, ...], alpha: float, sigma: float, radii: tup
         raise ConfigError(f"decision tables need 0 < alpha < 1 and sigma > 0, got alpha={alpha}, sigma={sigma}")
     radii = check_radii(radii)
     bounds = SequentialBounds(tuple(int(t) for t in steps), float(alpha))
+    beyond = [_beyond_doubles(r, sigma) for r in radii]
+    if any(beyond) and (alpha > 0.5 or bounds.steps[-1] >= 2 ** 52):
+        raise ConfigError(f"radius {radii[beyond.index(True)]} is {radii[beyond.index(True)] / sigma:.1f} sigma: "
+                          "deciding it needs alpha <= 0.5 and fewer than 2^52 samples; lower the radius or raise sigma")
     shape = (len(bounds.steps), len(radii))
     certify_at, refuted_below, budget_below = (np.zeros(shape, dtype=np.int64) for _ in range(3))
     tables = RadiusTables(bounds, float(sigma), radii, certify_at, refuted_below, budget_below)
@@ -464,8 +490,8 @@ def radius_tables(steps: tuple[int, ...], alpha: float, sigma: float, radii: tup
             if k == last:
                 fast_cert = lambda s, plain=fast_cert: plain(s) or (
                     s > 0 and float(beta.ppf(bounds.final_alpha, s, t - s + 1)) >= p)
-            certify_at[k, j] = _threshold(min(centre + 1, t), t, fast_cert,
-                                          lambda s: _certified(bounds, k, s, p, p_exact))
+            certify_at[k, j] = t + 1 if beyond[j] else _threshold(min(centre + 1, t), t, fast_cert,
+                                                                  lambda s: _certified(bounds, k, s, p, p_exact))
             # Refuted for s below the threshold: the last s (counting down from S / t) that is refuted, plus one.
             fast_ref = lambda u: (centre - u) < t * p and log_mixture(centre - u, t, p) >= level
             exact_ref = lambda u: _refuted(bounds, k, centre - u, p, p_exact)
