@@ -60,6 +60,6 @@ class BuildKernels(build_ext):
 
 # the kernels, and the peak loops intrs bench reads its ratios against (float code: kept out of csrc/)
 sources = sorted(str(path) for path in CSRC.glob("*.c")) + [str(CSRC.parent / "peak" / "peak.c")]
-depends = [str(CSRC / "kernels.h"), str(CSRC / "targets.txt")]
+depends = sorted(str(path) for path in CSRC.glob("*.h")) + [str(CSRC / "targets.txt")]
 setup(ext_modules=[Extension("intrs._kernels", sources=sources, depends=depends, optional=True)],
       cmdclass={"build_ext": BuildKernels})

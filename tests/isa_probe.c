@@ -122,7 +122,7 @@ int main(void) {
 #if defined(__x86_64__)
     const isa_t *tables[] = {&intrs_isa_avx2, &intrs_isa_vnni};
 #elif defined(__aarch64__)
-    const isa_t *tables[] = {&intrs_isa_neon};
+    const isa_t *tables[] = {&intrs_isa_neon, &intrs_isa_neon_i8mm};
 #endif
 #if defined(__x86_64__) || defined(__aarch64__)
     for (int k = 0; k < (int)(sizeof tables / sizeof tables[0]); k++)

@@ -112,7 +112,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < count; i++) {
         op_t *op = ops + i;
         op->w_vnni = relocated((void *)op->w_vnni, data), op->q_vnni = relocated((void *)op->q_vnni, data);
-        op->q_sdot = relocated((void *)op->q_sdot, data), op->w_pairs = relocated((void *)op->w_pairs, data);
+        op->q_sdot = relocated((void *)op->q_sdot, data), op->w_mmla = relocated((void *)op->w_mmla, data);
+        op->w_pairs = relocated((void *)op->w_pairs, data);
         op->q_pairs = relocated((void *)op->q_pairs, data), op->w_wino = relocated((void *)op->w_wino, data);
         op->w_wide = relocated((void *)op->w_wide, data);
         op->q_wide = relocated((void *)op->q_wide, data);

@@ -221,7 +221,8 @@ def fashion_tree(fashion_qat, tmp_path_factory):
     return tree, model, facts, data.images[:3].numpy(), data.labels[:3].numpy()
 
 
-@pytest.mark.parametrize("cpu,kernels_used", [("max", "neon-dotprod"), ("cortex-a53", "portable")])
+@pytest.mark.parametrize("cpu,kernels_used", [("max", "neon-i8mm"), ("cortex-a76", "neon-dotprod"),
+                                              ("cortex-a53", "portable")])
 def test_aarch64_build_under_qemu_equals_the_python_api(fashion_tree, cpu, kernels_used):
     needs("aarch64-linux-gnu-gcc", "qemu-aarch64", package="gcc-aarch64-linux-gnu and qemu-user")
     tree, model, facts, images, labels = fashion_tree

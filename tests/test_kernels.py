@@ -679,8 +679,10 @@ def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_b
         assert run.stdout.count(" 0 of ") == len(kernels.instruction_sets())
 
 
-# qemu-aarch64 CPUs: "max" has the dot-product instructions, a Cortex-A53 (Armv8.0) has not
-AARCH64_CPUS = {"max": ("portable", "neon-dotprod"), "cortex-a53": ("portable",)}
+# qemu-aarch64 CPUs: "max" has the dot-product instructions and the int8 matrix multiply, a Cortex-A76
+# (Armv8.2) the first only, a Cortex-A53 (Armv8.0) neither
+AARCH64_CPUS = {"max": ("portable", "neon-dotprod", "neon-i8mm"), "cortex-a76": ("portable", "neon-dotprod"),
+                "cortex-a53": ("portable",)}
 
 
 @pytest.mark.parametrize("cpu", AARCH64_CPUS)

@@ -38,7 +38,7 @@ from .noise import PIXEL_MAX, LatticeNoise
 RADIUS_FRACTION_BITS = 16  # intrs_device.h's INTRS_RADIUS_FRACTION_BITS
 MAX_RADII = 16  # intrs_device.h's INTRS_MAX_RADII
 KERNEL_SOURCES = ("kernels.h", "portable.c", "program.c", "dispatch.c", "table_draw.c", "avx2_shared.h", "avx2.c",
-                  "avxvnni.c", "vnni.c", "neon.c", "targets.txt")
+                  "avxvnni.c", "vnni.c", "neon_shared.h", "neon.c", "neon_i8mm.c", "targets.txt")
 DEVICE_SOURCES = ("intrs_device.h", "runtime.c", "example.c", "Makefile", "cortex-m/startup.c", "cortex-m/mps2.ld")
 _CSRC = Path(__file__).parent / "csrc"
 _DEVICE = Path(__file__).parent / "device"
@@ -46,13 +46,19 @@ _DEVICE = Path(__file__).parent / "device"
 # Which targets read each pointer of op_t and requant_t (the kernels' files): "all" (portable C), "x86" (AVX2
 # and VNNI), "arm64" (NEON), "simd" (both of the last).
 _OP_READERS = {"w_wide": "all", "q_wide": "all", "add_params": "all", "w_pairs": "x86", "q_pairs": "x86",
-               "w_wino": "x86", "w_vnni": "simd", "q_vnni": "x86", "q_sdot": "arm64"}
+               "w_wino": "x86", "w_vnni": "simd", "q_vnni": "x86", "q_sdot": "arm64",
+               "w_mmla": "arm64"}
 _GUARDS = {"x86": "defined(__x86_64__)", "arm64": "defined(__aarch64__)",
            "simd": "defined(__x86_64__) || defined(__aarch64__)"}
 _C_TYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
             np.dtype(np.int64): "int64_t", np.dtype(np.uint64): "uint64_t"}
-# the kernels' level per target, for the arena (csrc/kernels.h: ISA_*)
-_TARGET_LEVELS = {"x86": (1, 2, 3), "arm64": (4,), "other": (0,)}
+# the instruction sets each target's build runs the model on (beside portable, which every target has): the
+# arena is sized for the largest, and runtime.c picks the best the CPU was granted (INTRS_MODEL_RUNS_ON)
+_TARGET_ISAS = {"x86": ("avx2", "avx-vnni", "avx512-vnni"), "arm64": ("neon-dotprod", "neon-i8mm"), "other": ()}
+
+
+def _levels(target: str) -> tuple[int, ...]:
+    return tuple(kernels.INSTRUCTION_SETS.index(name) for name in _TARGET_ISAS[target])
 
 
 @dataclass(frozen=True)
@@ -214,8 +220,8 @@ def export_c(model: IntegerModel, settings: CSettings, out: Path, force: bool = 
                           "wrap int32): it cannot be exported to C")
     writer = _Writer(program)
     network, const_bytes = writer.source()
-    arena = {target: max(_arena_bytes(lib, program, level) for level in levels)
-             for target, levels in _TARGET_LEVELS.items()}
+    arena = {target: max(_arena_bytes(lib, program, level) for level in (0,) + _levels(target))
+             for target in _TARGET_ISAS}
 
     n, alpha, sigma = settings.n, settings.alpha, settings.noise.sigma
     first = certifying_from(n, alpha)
@@ -312,6 +318,11 @@ def _arena_bytes(lib, program, level: int) -> int:
     return int(lib.intrs_arena_bytes(ctypes.addressof(program.header), level))
 
 
+def _runs_on(target: str) -> str:
+    tests = " || ".join(f"(level) == {level} /* {kernels.INSTRUCTION_SETS[level]} */" for level in _levels(target))
+    return f"#define INTRS_MODEL_RUNS_ON(level) ({tests or 0})\n"
+
+
 def _model_header(model, program, settings, table, arena, first, radii_count, steps, predict_steps, radii, low,
                   high) -> str:
     saturate = model.input_saturation is not None
@@ -325,11 +336,9 @@ def _model_header(model, program, settings, table, arena, first, radii_count, st
         f"/* the noisy input: saturated to [{low}, {high}] first (the model records it), or within it by export's check */\n"
         f"#define INTRS_INPUT_SATURATES {int(saturate)}\n#define INTRS_INPUT_MIN {low}\n#define INTRS_INPUT_MAX {high}\n"
         "/* the kernels' slots and scratch on the instruction sets each target has (intrs_arena_bytes) */\n"
-        f"#if defined(__x86_64__)\n#define INTRS_ARENA_BYTES {arena['x86']}\n"
-        "#define INTRS_MODEL_RUNS_ON(level) ((level) == ISA_AVX2 || (level) == ISA_AVX_VNNI || (level) == ISA_VNNI)\n"
-        f"#elif defined(__aarch64__)\n#define INTRS_ARENA_BYTES {arena['arm64']}\n"
-        "#define INTRS_MODEL_RUNS_ON(level) ((level) == ISA_NEON)\n"
-        f"#else\n#define INTRS_ARENA_BYTES {arena['other']}\n#define INTRS_MODEL_RUNS_ON(level) 0\n#endif\n\n"
+        f"#if defined(__x86_64__)\n#define INTRS_ARENA_BYTES {arena['x86']}\n{_runs_on('x86')}"
+        f"#elif defined(__aarch64__)\n#define INTRS_ARENA_BYTES {arena['arm64']}\n{_runs_on('arm64')}"
+        f"#else\n#define INTRS_ARENA_BYTES {arena['other']}\n{_runs_on('other')}#endif\n\n"
         f"#define INTRS_N0 {settings.n0}\n#define INTRS_N {settings.n}\n#define INTRS_BATCH {settings.batch}\n"
         f"#define INTRS_PREDICT_N {settings.predict_n}\n"
         f"/* the least nA whose Clopper-Pearson bound exceeds 1/2 (n + 1: none); intrs_radius_table[nA - it] */\n"

@@ -40,12 +40,12 @@ from .errors import ConfigError, IntrsError
 from .intmodel import ADD_LEFT_SHIFT, AddLayer, ConvLayer, IntegerModel, PoolLayer
 
 ENGINE_ENV = "INTRS_ENGINE"  # "reference" turns the compiled path off; an instruction set's name picks it
-_ABI = 7
+_ABI = 8
 _INT32_LIMIT = 2 ** 31 - 1
 
 # The instruction sets by level, as csrc/dispatch.c names them (checked at load); which of them a CPU has is
 # the library's answer (``instruction_sets``).
-INSTRUCTION_SETS = ("portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod")
+INSTRUCTION_SETS = ("portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod", "neon-i8mm")
 
 
 class KernelsBuildError(IntrsError):
@@ -89,7 +89,7 @@ OP_CONV_S8, OP_CONV_S32, OP_ADD, OP_POOL, OP_FLATTEN = range(5)
 class Op(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in ("kind", "in0", "in1", "out")] + \
                [(name, Layout) for name in ("from0", "from1", "to")] + [("shape", ConvShape)] + \
-               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "q_sdot", "w_pairs", "q_pairs", "w_wino",
+               [(name, ctypes.c_void_p) for name in ("w_vnni", "q_vnni", "q_sdot", "w_mmla", "w_pairs", "q_pairs", "w_wino",
                                                      "w_wide", "q_wide", "add_params")] + [("pool", PoolShape)]
 
 
@@ -291,6 +291,17 @@ def _blocks(weight: np.ndarray, group: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(blocks)
 
 
+def _mmla_blocks(weight: np.ndarray) -> np.ndarray:
+    """(O_pad, C, kh, kw) weights as neon_i8mm.c's smmla reads them: [O_pad / 8][kh][kw][C_8 / 8][4 output pairs]
+    [2 outputs][8 channels] int8, C padded with zeros to a multiple of 8 (one 16-byte operand: 2 outputs x 8
+    channels)."""
+    out, cin, kh, kw = weight.shape
+    padded = np.zeros((out, kh, kw, -(-cin // 8) * 8), dtype=np.int8)
+    padded[:, :, :, :cin] = weight.transpose(0, 2, 3, 1)
+    blocks = padded.reshape(out // 8, 4, 2, kh, kw, -1, 8).transpose(0, 3, 4, 5, 1, 2, 6)
+    return np.ascontiguousarray(blocks)
+
+
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016) with its filter transform doubled into integers: G' = 2 G, so the
 # transformed filter is U' = G' g G'^T = 4 U (csrc/avx2.c says why the kernel's integers stay exact)
 _WINOGRAD_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], dtype=np.int64)
@@ -400,9 +411,10 @@ class _Conv:
             offset = bias - (layer.input_zero_point + 128) * columns
             # the VNNI epilogue: the fused form where its bounds hold, else int64 lanes (no int32-lane form)
             self.q_vnni = requants.make(offset, False, dot_bound=255 * abs_columns)
-            # sdot (NEON) on the signed input: acc = sum x w + b - z_in sum w, the same value as the AVX2 kernels'
+            # sdot and smmla (NEON) on the signed input: acc = sum x w + b - z_in sum w, the same value as the AVX2 kernels'
             # acc, so the same int32-lane promise; its offset lies within 2^30 + 128 sum|w| < 2^31 there
             self.q_sdot = requants.make(bias - layer.input_zero_point * columns, fast32)
+            self.w_mmla = _mmla_blocks(padded)
             # the lifted dot products stay exact in vpdpbusd's wrapping int32 lanes
             self.vnni_exact = kh * kw * self.w_vnni.shape[3] * 4 * 255 * 127 <= _INT32_LIMIT  # shape[3]: cin4 / 4
             # AVX2's Winograd for 3x3 stride-1 layers: its wrapping lanes hold 4 sum (x - z_in) w, within int32
@@ -411,7 +423,7 @@ class _Conv:
                 else None
         self.requants = requants  # owns the arrays the Requant structs point at
         # the weights' addresses, once: numpy's .ctypes costs microseconds per call
-        self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni", "w_wino")
+        self.weights = {name: _pointer(getattr(self, name)) for name in ("w_wide", "w_pairs", "w_vnni", "w_mmla", "w_wino")
                         if getattr(self, name, None) is not None}
 
     def choice(self, low: int, high: int) -> str:
@@ -447,7 +459,7 @@ class _Conv:
             if not self.vnni_exact:
                 return None
             op.kind, op.w_vnni, op.q_vnni = OP_CONV_S8, self.weights["w_vnni"], ctypes.addressof(self.q_vnni)
-            op.q_sdot = ctypes.addressof(self.q_sdot)
+            op.q_sdot, op.w_mmla = ctypes.addressof(self.q_sdot), self.weights["w_mmla"]
             op.w_pairs, op.q_pairs = self.weights["w_pairs"], ctypes.addressof(self.q_pairs8)
             op.w_wino = self.weights.get("w_wino")
         return op, (oh, ow, self.cout)

@@ -39,7 +39,7 @@ static const intrs_field_t fields[] = {
     FIELD(layout_t, pixel), FIELD(layout_t, lift), FIELD(layout_t, zero_point),
 
     STRUCT(op_t), FIELD(op_t, kind), FIELD(op_t, in0), FIELD(op_t, in1), FIELD(op_t, out), FIELD(op_t, from0),
-    FIELD(op_t, from1), FIELD(op_t, to), FIELD(op_t, shape), FIELD(op_t, w_vnni), FIELD(op_t, q_vnni), FIELD(op_t, q_sdot),
+    FIELD(op_t, from1), FIELD(op_t, to), FIELD(op_t, shape), FIELD(op_t, w_vnni), FIELD(op_t, q_vnni), FIELD(op_t, q_sdot), FIELD(op_t, w_mmla),
     FIELD(op_t, w_pairs), FIELD(op_t, q_pairs), FIELD(op_t, w_wino), FIELD(op_t, w_wide), FIELD(op_t, q_wide), FIELD(op_t, add_params),
     FIELD(op_t, pool),
 

@@ -15,6 +15,9 @@
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20) /* the kernel's bit for the dot-product instructions (asm/hwcap.h) */
 #endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13) /* the kernel's bit for the int8 matrix multiply (asm/hwcap.h, AT_HWCAP2) */
+#endif
 #endif
 
 static int has[ISA_COUNT];
@@ -35,6 +38,7 @@ static void detect(void) {
 #endif
 #if defined(__aarch64__) && defined(__linux__)
     has[ISA_NEON] = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    has[ISA_NEON_I8MM] = has[ISA_NEON] && (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
 #endif
 }
 
@@ -56,6 +60,9 @@ static const isa_t *table_of(int level) {
 #endif
 #if defined(__aarch64__) && !defined(INTRS_WITHOUT_NEON)
         case ISA_NEON: return &intrs_isa_neon;
+#endif
+#if defined(__aarch64__) && !defined(INTRS_WITHOUT_NEON_I8MM)
+        case ISA_NEON_I8MM: return &intrs_isa_neon_i8mm;
 #endif
     }
     return NULL;
@@ -79,6 +86,7 @@ int intrs_isa_granted(const isa_t *isa) {
 
 /* The name of every level this build knows, whether or not the CPU has it (null past the last). */
 const char *intrs_isa_name(int level) {
-    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod"};
+    static const char *const names[ISA_COUNT] = {"portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod",
+                                                 "neon-i8mm"};
     return level >= 0 && level < ISA_COUNT ? names[level] : NULL;
 }

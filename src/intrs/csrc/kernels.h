@@ -12,6 +12,9 @@
  *   avx2.c        AVX2 (vpmaddwd on int16 pairs; 3x3 stride-1 layers as integer Winograd), compiled with -mavx2 alone
  *   vnni.c        AVX-512 VNNI (vpdpbusd on u8 x s8), compiled with the AVX-512 flags alone
  *   neon.c        aarch64 NEON with the dot-product instructions (sdot on s8 x s8), compiled with +dotprod alone
+ *   neon_i8mm.c   aarch64 NEON with the int8 matrix multiply (smmla: 2x8 by 8x2 s8 blocks), with +dotprod+i8mm
+ *   avx2_shared.h, neon_shared.h   the parts of one family's kernels that its files share (each compiles its own
+ *                 static copy with its own flags)
  *   dispatch.c    the CPU's features, detected once; hands out an instruction set's table only where the CPU
  *                 has it
  *   program.c     the network-program interpreter: a program carries the table it was built for
@@ -34,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTRS_ABI 7
+#define INTRS_ABI 8
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -51,7 +54,8 @@
 #define ISA_AVX_VNNI 2 /* AVX2 with AVX-VNNI (vpdpbusd on ymm): the best where a CPU has it but no AVX-512 VNNI */
 #define ISA_VNNI 3
 #define ISA_NEON 4 /* aarch64 with the dot-product instructions (Armv8.2 DotProd) */
-#define ISA_COUNT 5
+#define ISA_NEON_I8MM 5 /* aarch64 with DotProd and the int8 matrix multiply (I8MM) */
+#define ISA_COUNT 6
 
 /* One layer's requantization, per output channel (arrays of cout_pad int64). */
 typedef struct {
@@ -106,7 +110,8 @@ typedef struct {
     conv_shape_t shape;        /* convolutions, with n = 1 */
     const int8_t *w_vnni;      /* [cout_pad/16][kh*kw][cin4/4][16][4] int8 (VNNI and NEON) */
     const requant_t *q_vnni;   /* offset bias - (z_in + 128) sum w: vpdpbusd's lifted input */
-    const requant_t *q_sdot;   /* offset bias - z_in sum w: sdot's signed input */
+    const requant_t *q_sdot;   /* offset bias - z_in sum w: sdot's and smmla's signed input */
+    const int8_t *w_mmla;      /* [cout_pad/8][kh*kw][cin8/8][4 output pairs][2][8] int8 (neon_i8mm.c's smmla) */
     const int16_t *w_pairs; /* [cout_pad/16][kh*kw][cin2/2][16][2] int16; OP_CONV_S32: null where the input is too
                                wide for int16 pairs */
     const requant_t *q_pairs;
@@ -150,6 +155,7 @@ extern const isa_t intrs_isa_vnni;
 #endif
 #if defined(__aarch64__)
 extern const isa_t intrs_isa_neon;
+extern const isa_t intrs_isa_neon_i8mm;
 #endif
 
 /* dispatch.c: the table of `level` if this CPU has it, else null; whether `isa` is a table so granted; the
@@ -265,7 +271,7 @@ INLINE wino_layout_t wino_layout(const conv_shape_t *s) {
 
 /* The scratch one image of a convolution op needs on instruction set `level`, rounded up to 64 bytes: the
  * staging copy of its input as that set's kernel lays it out (framed by the padding, channels padded to 2 as
- * int16 or to 4 as int8 or u8), or the portable kernel's int32 accumulators,
+ * int16, to 4 as int8 or u8, or to 8 for smmla), or the portable kernel's int32 accumulators,
  * which every set falls back on. One definition for the kernels, the interpreter's arena and the memory an
  * exported model reserves per target (intrs export --format c). */
 INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
@@ -278,6 +284,7 @@ INLINE int64_t conv_scratch_bytes(const op_t *op, int level) {
     if (level == ISA_AVX_VNNI || level == ISA_VNNI)
         staged = op->kind == OP_CONV_S8 ? framed * quads : framed * pairs * 2;
     if (level == ISA_NEON && op->kind == OP_CONV_S8) staged = framed * quads;
+    if (level == ISA_NEON_I8MM && op->kind == OP_CONV_S8) staged = framed * ((s->cin + 7) & ~7);
     const int64_t acc = 4 * (int64_t)s->cout_pad, bytes = staged > acc ? staged : acc;
     return (bytes + 63) & ~(int64_t)63;
 }

@@ -11,56 +11,46 @@
  *
  * The requantization (the convolutions' epilogue where the plan proves every accumulator within 2^30 and no
  * left shift, and the residual ADD with its three rescalings) runs in int32 lanes on NEON's own form of
- * gemmlowp's MultiplyByQuantizedMultiplier, mbqm_neon below, with no 64-bit arithmetic; elsewhere the scalar
- * definition (requant_scalar) and the portable kernels run. The first layer (int32 input) takes the portable
- * kernel. */
+ * gemmlowp's MultiplyByQuantizedMultiplier (neon_shared.h's mbqm_neon, no 64-bit arithmetic); elsewhere the
+ * scalar definition (requant_scalar) and the portable kernels run. The first layer (int32 input) takes the
+ * portable kernel. neon_i8mm.c is the same on smmla where the CPU has it. */
 #include "kernels.h"
 
 #if defined(__aarch64__)
-#include <arm_neon.h>
+#include "neon_shared.h"
 
-#define NEON_TILE 5 /* output pixels per register tile: 5 x 4 accumulators + 4 weight vectors + a broadcast */
+#define NEON_TILE 4 /* output pixels per register tile: 4 x 4 accumulators, 4 input and 4 weight vectors */
 
-/* MultiplyByQuantizedMultiplier(a, M0, -r) in int32 lanes, equal to requant_scalar(a, M0, 0, r, 2^r / 2) for
- * every int32 a and 0 <= M0 < 2^31, 0 <= r <= 31 (neg_right = -r, TFLite's shift itself where it is <= 0):
- * - vqrdmulhq_s32 is SQRDMULH, (2 a M0 + 2^31) >> 32 = floor((a M0 + 2^30) / 2^31), requant_scalar's first
- *   step exactly; it saturates only for a = M0 = -2^31, which M0 >= 0 rules out. |p| <= 2^31 - 1.
- * - vrshlq_s32 by -r is SRSHL, (v + 2^(r-1)) >> r in unbounded precision (no lane overflow), and r = 0 leaves
- *   v alone; with v = p - [p < 0 and r > 0] that is requant_scalar's (p + half - [p < 0]) >> r: division by
- *   2^r rounding half away from zero (TFLite's RoundingDivideByPOT). p - 1 >= -2^31 stays in the lane. */
-INLINE int32x4_t mbqm_neon(int32x4_t a, int32x4_t mult, int32x4_t neg_right) {
-    const int32x4_t p = vqrdmulhq_s32(a, mult);
-    const int32x4_t fix = vandq_s32(vshrq_n_s32(p, 31), vreinterpretq_s32_u32(vtstq_s32(neg_right, neg_right)));
-    return vrshlq_s32(vaddq_s32(p, fix), neg_right);
-}
-
-/* 16 int32 values (4 vectors) plus the zero point, clamped to [lo, hi] (within int8) and narrowed to int8. */
-INLINE int8x16_t finish_neon(const int32x4_t v[4], int32x4_t zero, int32x4_t lo, int32x4_t hi) {
-    int16x4_t h[4];
-    for (int j = 0; j < 4; j++) h[j] = vmovn_s32(vminq_s32(vmaxq_s32(vaddq_s32(v[j], zero), lo), hi));
-    return vcombine_s8(vmovn_s16(vcombine_s16(h[0], h[1])), vmovn_s16(vcombine_s16(h[2], h[3])));
-}
-
-INLINE void store_count(int8_t *out, int8x16_t v, int count) {
-    if (count == 16) {
-        vst1q_s8(out, v);
-    } else {
-        int8_t lanes[16];
-        vst1q_s8(lanes, v);
-        memcpy(out, lanes, (size_t)count);
-    }
-}
+/* One quad step: the 16 outputs' weights for 4 channels against 4 bytes of each pixel, lane l of its 16-channel
+ * vector a[t] (sdot's indexed form reads the lane itself: no broadcast op per pixel and step). */
+#define SDOT_STEP(l)                                                                                            \
+    do {                                                                                                        \
+        const int8x16_t w0 = vld1q_s8(w), w1 = vld1q_s8(w + 16), w2 = vld1q_s8(w + 32), w3 = vld1q_s8(w + 48);  \
+        for (int t = 0; t < T; t++) {                                                                           \
+            acc[t][0] = vdotq_laneq_s32(acc[t][0], w0, a[t], l), acc[t][1] = vdotq_laneq_s32(acc[t][1], w1, a[t], l); \
+            acc[t][2] = vdotq_laneq_s32(acc[t][2], w2, a[t], l), acc[t][3] = vdotq_laneq_s32(acc[t][3], w3, a[t], l); \
+        }                                                                                                       \
+        w += 64;                                                                                                \
+    } while (0)
 
 INLINE void tile_neon(int T, const int8_t *u, int wp, int cin4, const conv_shape_t *s, int oy, int ox0,
                       const int8_t *w, const requant_t *q, int o, int8_t *yrow, int *err) {
     int32x4_t acc[NEON_TILE][4];
     for (int t = 0; t < T; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = vdupq_n_s32(0);
-    const int step = s->sw * cin4;
+    const int step = s->sw * cin4, whole = cin4 & ~15;
     for (int ky = 0; ky < s->kh; ky++)
         for (int kx = 0; kx < s->kw; kx++) {
             const int8_t *base = u + ((int64_t)(oy * s->sh + ky) * wp + ox0 * s->sw + kx) * cin4;
-            for (int c = 0; c < cin4; c += 4, w += 64) {
+            for (int c = 0; c < whole; c += 16) { /* 16 channels of each pixel in one load, four steps */
+                int8x16_t a[NEON_TILE];
+                for (int t = 0; t < T; t++) a[t] = vld1q_s8(base + t * step + c);
+                SDOT_STEP(0);
+                SDOT_STEP(1);
+                SDOT_STEP(2);
+                SDOT_STEP(3);
+            }
+            for (int c = whole; c < cin4; c += 4, w += 64) { /* the last 4, 8 or 12: one broadcast quad each */
                 const int8x16_t w0 = vld1q_s8(w), w1 = vld1q_s8(w + 16), w2 = vld1q_s8(w + 32), w3 = vld1q_s8(w + 48);
                 for (int t = 0; t < T; t++) {
                     int32_t quad;
@@ -98,23 +88,14 @@ INLINE void tile_neon(int T, const int8_t *u, int wp, int cin4, const conv_shape
     }
 }
 
-/* One image of an int8 convolution (plain layouts): the input copied into a frame of z_in (TFLite's padding,
- * which contributes (z_in - z_in) w = 0) with its channels padded to 4 (they meet zero weights). */
+/* One image of an int8 convolution (plain layouts), on the input staged with its channels padded to 4. */
 static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w, const requant_t *q, int8_t *y,
                         int8_t *u) {
-    const int cin4 = (s->cin + 3) & ~3, hp = s->h + 2 * s->ph, wp = s->w + 2 * s->pw;
+    const int cin4 = (s->cin + 3) & ~3, wp = s->w + 2 * s->pw;
     const int64_t block = (int64_t)s->kh * s->kw * cin4 * 16;
     int err = 0;
     for (int b = 0; b < s->n; b++) {
-        for (int64_t i = 0; i < (int64_t)hp * wp; i++) {
-            memset(u + i * cin4, (int8_t)s->input_zero_point, (size_t)s->cin);
-            memset(u + i * cin4 + s->cin, 0, (size_t)(cin4 - s->cin));
-        }
-        const int8_t *xb = x + (int64_t)b * s->h * s->w * s->cin;
-        for (int iy = 0; iy < s->h; iy++)
-            for (int ix = 0; ix < s->w; ix++)
-                memcpy(u + ((int64_t)(iy + s->ph) * wp + ix + s->pw) * cin4, xb + ((int64_t)iy * s->w + ix) * s->cin,
-                       (size_t)s->cin);
+        stage_neon(x + (int64_t)b * s->h * s->w * s->cin, s, cin4, u);
         for (int oy = 0; oy < s->oh; oy++) {
             int8_t *yrow = y + ((int64_t)b * s->oh + oy) * s->ow * s->cout;
             for (int o = 0; o < s->cout; o += 16)
@@ -124,8 +105,7 @@ static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w,
                         case 1: tile_neon(1, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
                         case 2: tile_neon(2, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
                         case 3: tile_neon(3, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        case 4: tile_neon(4, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
-                        default: tile_neon(5, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
+                        default: tile_neon(4, u, wp, cin4, s, oy, ox0, wb, q, o, yrow, &err); break;
                     }
                 }
         }
@@ -137,68 +117,6 @@ static int conv_neon(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
     if (op->kind == OP_CONV_S8) return conv_s8_neon(in, &op->shape, op->w_vnni, op->q_sdot, out, scratch);
     return intrs_conv_portable(op, in, out, scratch);
-}
-
-/* One ADD input's rescaling, MultiplyByQuantizedMultiplier((x - z) 2^20, M0, shift) for 16 int8 values: as
- * int32, |(x - z) 2^20| <= 255 2^20 < 2^28, and TFLite's ADD input shifts are <= 0 (a multiplier below 1/2). */
-INLINE void rescale_neon(int8x16_t x, int32x4_t z, int32x4_t mult, int32x4_t shift, int32x4_t out[4]) {
-    const int16x8_t low = vmovl_s8(vget_low_s8(x)), high = vmovl_s8(vget_high_s8(x));
-    const int32x4_t w[4] = {vmovl_s16(vget_low_s16(low)), vmovl_s16(vget_high_s16(low)),
-                            vmovl_s16(vget_low_s16(high)), vmovl_s16(vget_high_s16(high))};
-    for (int j = 0; j < 4; j++) out[j] = mbqm_neon(vshlq_n_s32(vsubq_s32(w[j], z), ADD_LEFT_SHIFT), mult, shift);
-}
-
-/* The constants of one ADD (op_t.add_params), broadcast. */
-typedef struct {
-    int32x4_t z1, m1, s1, z2, m2, s2, mo, so, zo, lo, hi;
-} add_neon_t;
-
-/* TFLite's int8 AddFunc on 16 elements: both inputs rescaled, their sum (|u + v| < 2^29: no int32 overflow)
- * rescaled to the output, the zero point added and clamped. */
-INLINE int8x16_t add16_neon(int8x16_t a, int8x16_t b, const add_neon_t *k) {
-    int32x4_t u[4], v[4];
-    rescale_neon(a, k->z1, k->m1, k->s1, u), rescale_neon(b, k->z2, k->m2, k->s2, v);
-    for (int j = 0; j < 4; j++) u[j] = mbqm_neon(vaddq_s32(u[j], v[j]), k->mo, k->so);
-    return finish_neon(u, k->zo, k->lo, k->hi);
-}
-
-/* A positive shift (a left shift, which TFLite's ADD does not produce but the definition allows) takes the
- * portable kernel. */
-static int add_neon(const op_t *op, const void *in0, const void *in1, void *out) {
-    if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
-    const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
-    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(op, in0, in1, out);
-    add_neon_t k;
-    k.z1 = vdupq_n_s32((int32_t)p[0]), k.m1 = vdupq_n_s32((int32_t)p[3]), k.s1 = vdupq_n_s32((int32_t)p[4]);
-    k.z2 = vdupq_n_s32((int32_t)p[1]), k.m2 = vdupq_n_s32((int32_t)p[5]), k.s2 = vdupq_n_s32((int32_t)p[6]);
-    k.mo = vdupq_n_s32((int32_t)p[7]), k.so = vdupq_n_s32((int32_t)p[8]), k.zo = vdupq_n_s32((int32_t)p[2]);
-    k.lo = vdupq_n_s32((int32_t)p[9]), k.hi = vdupq_n_s32((int32_t)p[10]);
-    const int8_t *a = in0, *b = in1;
-    int8_t *y = out;
-    int64_t i = 0;
-    for (; i + 16 <= count; i += 16) vst1q_s8(y + i, add16_neon(vld1q_s8(a + i), vld1q_s8(b + i), &k));
-    if (i < count) { /* the tail through a zero-padded copy */
-        int8_t ta[16] = {0}, tb[16] = {0};
-        memcpy(ta, a + i, (size_t)(count - i)), memcpy(tb, b + i, (size_t)(count - i));
-        store_count(y + i, add16_neon(vld1q_s8(ta), vld1q_s8(tb), &k), (int)(count - i));
-    }
-    return 0;
-}
-
-static int add_rescale_neon(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out) {
-    if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out);
-    const int32x4_t zv = vdupq_n_s32((int32_t)z), m = vdupq_n_s32((int32_t)mult), s = vdupq_n_s32((int32_t)shift);
-    for (int64_t i = 0; i < count; i += 16) {
-        const int n = count - i < 16 ? (int)(count - i) : 16;
-        int8_t t[16] = {0};
-        int32_t lanes[16];
-        memcpy(t, x + i, (size_t)n);
-        int32x4_t u[4];
-        rescale_neon(vld1q_s8(t), zv, m, s, u);
-        for (int j = 0; j < 4; j++) vst1q_s32(lanes + 4 * j, u[j]);
-        memcpy(out + i, lanes, sizeof(int32_t) * (size_t)n);
-    }
-    return 0;
 }
 
 const isa_t intrs_isa_neon = {ISA_NEON, 0, conv_neon, add_neon, add_rescale_neon};

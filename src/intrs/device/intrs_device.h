@@ -61,7 +61,8 @@ typedef struct {
 
 const intrs_settings_t *intrs_settings(void);
 
-/* The instruction set the kernels run on here ("portable", "avx2", "avx512-vnni", "neon-dotprod"). */
+/* The instruction set the kernels run on here ("portable", "avx2", "avx-vnni", "avx512-vnni", "neon-dotprod",
+ * "neon-i8mm"). */
 const char *intrs_instruction_set(void);
 
 /* image: channels x height x width uint8 pixels (CHW, as the Python API's tensors); seed: the run's 64-bit
