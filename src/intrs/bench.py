@@ -120,8 +120,9 @@ FLOATS = (FLOAT_PYTORCH, FLOAT_ONNX)
 INTRS_COMPILED = "IntRS (intrs compiled kernels)"
 INTRS_AVX2 = "IntRS (intrs compiled kernels, AVX2 only)"
 INTRS_AVX_VNNI = "IntRS (intrs compiled kernels, AVX-VNNI only)"
+INTRS_NEON_DOTPROD = "IntRS (intrs compiled kernels, NEON sdot only)"
 # the instruction sets timed beside the best one, for the CPUs that have only them
-FALLBACKS = {"avx2": INTRS_AVX2, "avx-vnni": INTRS_AVX_VNNI}
+FALLBACKS = {"avx2": INTRS_AVX2, "avx-vnni": INTRS_AVX_VNNI, "neon-dotprod": INTRS_NEON_DOTPROD}
 INTRS_REFERENCE = "IntRS (intrs reference engine)"
 
 
