@@ -439,10 +439,11 @@ def _beyond_doubles(radius: float, sigma: float) -> bool:
     """Whether Phi(radius / sigma) rounds to 1 as a double, i.e. 1 - Phi > 2^-54 fails: then no schedule of fewer
     than 2^52 samples certifies the radius at alpha <= 1/2 (radius_tables refuses others), so it is decided as
     never certified, and refuted against 1 - 2^-53 < Phi (refuting that refutes the radius; the mixture's
-    ln(1 - p) has no double at p = 1). Why never: with every one of t votes for the top class, M_t(p) =
-    (1 - w) B(a + t, a) / B(a, a) p^-t + w p^-t <= p^-t <= exp(t (1 - p) / p) < e^(1/4) < 1 / alpha, and the
-    last step's Clopper-Pearson end alpha^(1/t) < 1 - ln(1 / alpha) / (2t) < 1 - 2^-54 < p; fewer votes only
-    lower both (Cohen et al. 2019's certificate needs the lower bound above Phi(r / sigma))."""
+    ln(1 - p) has no double at p = 1). Why never (Cohen et al. 2019's certificate needs the lower bound above
+    Phi(r / sigma)): the sequence's test needs s > t p > t - 1/4, so s = t, every vote for the top class, and
+    then M_t(p) = (1 - w) B(a + t, a) / B(a, a) p^-t + w p^-t <= p^-t <= exp(t (1 - p) / p) < e^(1/4) < 1 / alpha;
+    the last step's Clopper-Pearson end is at most alpha^(1/t) = e^-x with x = ln(1 / alpha) / t > 2^-53, and
+    1 - e^-x >= min(x / 2, 1 - 1/e) > 2^-54, so it lies below p too."""
     with mpmath.workdps(_DIGITS):
         return float(mpmath.ncdf(mpmath.mpf(radius) / mpmath.mpf(sigma))) == 1.0
 

@@ -5,7 +5,7 @@
  * sdot multiplies signed by signed bytes, so the int8 activations need no lift: acc = sum x w, and the zero
  * point comes out with the weights' column sums, acc + (b - z_in sum w) = sum (x - z_in) w + b, the same int64
  * value the portable kernel requantizes (so the same int32 overflow decisions). The int32 lanes can't wrap:
- * |sum x w| <= K 128 127 < 2^31 for the K = kh kw cin4 the program compiler admits (it checks K 255 127).
+ * |sum x w| <= K 128 128 < 2^31 for the K = kh kw cin4 the program compiler admits (it checks K 255 127).
  * The weights are the VNNI packing, [cout_pad/16][kh*kw][cin4/4][16 outputs][4 channels]: one 16-byte vector
  * holds 4 outputs x 4 channels, the layout sdot reads against a broadcast quad of one pixel's 4 channels.
  *

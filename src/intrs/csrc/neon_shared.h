@@ -76,12 +76,15 @@ INLINE int8x16_t add16_neon(int8x16_t a, int8x16_t b, const add_neon_t *k) {
     return finish_neon(u, k->zo, k->lo, k->hi);
 }
 
-/* A positive shift (a left shift, which TFLite's ADD does not produce but the definition allows) takes the
- * portable kernel. */
+/* mbqm_neon's domain: 0 <= M0 < 2^31 and a shift in [-31, 0] (vrshlq_s32 reads the count's low byte). */
+INLINE int mbqm_domain(int64_t mult, int64_t shift) { return mult >= 0 && mult <= INT32_MAX && shift >= -31 && shift <= 0; }
+
+/* Parameters outside what intmodel validates (TFLite's ADD shifts lie in [-31, 0]) go to the reference
+ * engine (ERR_UNSUPPORTED), as they would from the portable kernel's definition. */
 static int add_neon(const op_t *op, const void *in0, const void *in1, void *out) {
     if (!plain(&op->from0) || !plain(&op->from1) || !plain(&op->to)) return ERR_UNSUPPORTED;
     const int64_t *p = op->add_params, count = (int64_t)op->to.h * op->to.w * op->to.c;
-    if (p[4] > 0 || p[6] > 0 || p[8] > 0) return intrs_add_portable(op, in0, in1, out);
+    if (!mbqm_domain(p[3], p[4]) || !mbqm_domain(p[5], p[6]) || !mbqm_domain(p[7], p[8])) return ERR_UNSUPPORTED;
     add_neon_t k;
     k.z1 = vdupq_n_s32((int32_t)p[0]), k.m1 = vdupq_n_s32((int32_t)p[3]), k.s1 = vdupq_n_s32((int32_t)p[4]);
     k.z2 = vdupq_n_s32((int32_t)p[1]), k.m2 = vdupq_n_s32((int32_t)p[5]), k.s2 = vdupq_n_s32((int32_t)p[6]);
@@ -100,7 +103,8 @@ static int add_neon(const op_t *op, const void *in0, const void *in1, void *out)
 }
 
 static int add_rescale_neon(const int8_t *x, int64_t count, int64_t z, int64_t mult, int64_t shift, int32_t *out) {
-    if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out);
+    if (shift > 0) return intrs_add_rescale_portable(x, count, z, mult, shift, out); /* a left shift */
+    if (!mbqm_domain(mult, shift)) return ERR_UNSUPPORTED;
     const int32x4_t zv = vdupq_n_s32((int32_t)z), m = vdupq_n_s32((int32_t)mult), s = vdupq_n_s32((int32_t)shift);
     for (int64_t i = 0; i < count; i += 16) {
         const int n = count - i < 16 ? (int)(count - i) : 16;
