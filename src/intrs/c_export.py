@@ -45,7 +45,7 @@ _DEVICE = Path(__file__).parent / "device"
 
 # Which targets read each pointer of op_t and requant_t (the kernels' files): "all" (portable C), "x86" (AVX2
 # and VNNI), "arm64" (NEON), "simd" (both of the last).
-_OP_READERS = {"w_wide": "all", "q_wide": "all", "add_params": "all", "w_pairs": "x86", "q_pairs": "x86",
+_OP_READERS = {"w_wide": "all", "q_wide": "all", "add_params": "all", "w_pairs": "x86", "q_pairs": "simd",
                "w_wino": "x86", "w_vnni": "simd", "q_vnni": "x86", "q_sdot": "arm64",
                "w_mmla": "arm64"}
 _GUARDS = {"x86": "defined(__x86_64__)", "arm64": "defined(__aarch64__)",

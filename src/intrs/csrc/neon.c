@@ -12,8 +12,9 @@
  * The requantization (the convolutions' epilogue where the plan proves every accumulator within 2^30 and no
  * left shift, and the residual ADD with its three rescalings) runs in int32 lanes on NEON's own form of
  * gemmlowp's MultiplyByQuantizedMultiplier (neon_shared.h's mbqm_neon, no 64-bit arithmetic); elsewhere the
- * scalar definition (requant_scalar) and the portable kernels run. The first layer (int32 input) takes the
- * portable kernel. neon_i8mm.c is the same on smmla where the CPU has it. */
+ * scalar definition (requant_scalar) and the portable kernels run; the first layer (int32 input) runs in int32
+ * lanes where the plan's choice for the batch allows (neon_shared.h's conv_s32_neon). neon_i8mm.c is the same on
+ * smmla where the CPU has it. */
 #include "kernels.h"
 
 #if defined(__aarch64__)
@@ -116,6 +117,7 @@ static int conv_s8_neon(const int8_t *x, const conv_shape_t *s, const int8_t *w,
 static int conv_neon(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
     if (op->kind == OP_CONV_S8) return conv_s8_neon(in, &op->shape, op->w_vnni, op->q_sdot, out, scratch);
+    if (op->q_pairs && op->q_pairs->fast32) return conv_s32_neon(op, in, out);
     return intrs_conv_portable(op, in, out, scratch);
 }
 

@@ -2,8 +2,8 @@
  * product accumulated into a 2x2 int32 block, 32 products per instruction against sdot's 16; Cortex-A510/A710/X2
  * and later, Neoverse N2/V1/V2 issue it at sdot's rate). Compiled with -march=armv8.2-a+dotprod+i8mm (setup.py,
  * targets.txt): its code runs only through intrs_isa_neon_i8mm, which dispatch.c hands out only where the kernel
- * reports both features (HWCAP_ASIMDDP and HWCAP2_I8MM). The epilogue, staging and ADD are neon.c's
- * (neon_shared.h).
+ * reports both features (HWCAP_ASIMDDP and HWCAP2_I8MM). The epilogue, staging, first layer and ADD are
+ * neon.c's (neon_shared.h).
  *
  * Why exact: as sdot, smmla multiplies signed by signed bytes and sums in int32 lanes, so the accumulators hold
  * sum x w over the same products in another order, |sum x w| <= K 128 127 < 2^31 (the program compiler admits
@@ -109,6 +109,7 @@ static int conv_s8_mmla(const int8_t *x, const conv_shape_t *s, const int8_t *w,
 static int conv_neon_i8mm(const op_t *op, const void *in, void *out, void *scratch) {
     if (!plain(&op->from0) || !plain(&op->to)) return ERR_UNSUPPORTED;
     if (op->kind == OP_CONV_S8 && op->w_mmla) return conv_s8_mmla(in, &op->shape, op->w_mmla, op->q_sdot, out, scratch);
+    if (op->kind == OP_CONV_S32 && op->q_pairs && op->q_pairs->fast32) return conv_s32_neon(op, in, out);
     return intrs_conv_portable(op, in, out, scratch);
 }
 

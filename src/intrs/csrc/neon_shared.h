@@ -39,6 +39,44 @@ INLINE void store_count(int8_t *out, int8x16_t v, int count) {
     }
 }
 
+/* The first layer (the network's int32 input, plain NHWC) where the plan chose int16 pairs with the int32-lane
+ * epilogue for this batch (op->q_pairs with fast32: |x - z_in| < 2^15 and |sum (x - z_in) w + b| <= 2^30, so
+ * the int32 products and sums below are exact): 16 outputs a step, x - z_in broadcast against rows of the
+ * weights as int32 (op->w_wide), then mbqm_neon. Elsewhere the portable kernel. */
+static int conv_s32_neon(const op_t *op, const int32_t *x, int8_t *y) {
+    const conv_shape_t *s = &op->shape;
+    const requant_t *q = op->q_pairs;
+    const int32x4_t zero = vdupq_n_s32((int32_t)q->zero_point), lo = vdupq_n_s32((int32_t)q->act_min),
+                    hi = vdupq_n_s32((int32_t)q->act_max);
+    for (int b = 0; b < s->n; b++)
+        for (int oy = 0; oy < s->oh; oy++)
+            for (int ox = 0; ox < s->ow; ox++)
+                for (int o = 0; o < s->cout; o += 16) {
+                    int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+                    for (int ky = 0; ky < s->kh; ky++) {
+                        const int iy = oy * s->sh - s->ph + ky;
+                        if (iy < 0 || iy >= s->h) continue; /* padding: (z_in - z_in) w = 0 */
+                        for (int kx = 0; kx < s->kw; kx++) {
+                            const int ix = ox * s->sw - s->pw + kx;
+                            if (ix < 0 || ix >= s->w) continue;
+                            const int32_t *px = x + (((int64_t)b * s->h + iy) * s->w + ix) * s->cin;
+                            const int32_t *row = op->w_wide + (int64_t)((ky * s->kw + kx) * s->cin) * s->cout_pad + o;
+                            for (int c = 0; c < s->cin; c++, row += s->cout_pad) {
+                                const int32x4_t v = vdupq_n_s32(px[c] - (int32_t)s->input_zero_point);
+                                for (int j = 0; j < 4; j++) acc[j] = vmlaq_s32(acc[j], v, vld1q_s32(row + 4 * j));
+                            }
+                        }
+                    }
+                    for (int j = 0; j < 4; j++)
+                        acc[j] = mbqm_neon(vaddq_s32(acc[j], vld1q_s32(q->offset32 + o + 4 * j)),
+                                           vld1q_s32(q->mult32 + o + 4 * j), vnegq_s32(vld1q_s32(q->right32 + o + 4 * j)));
+                    const int count = s->cout - o < 16 ? s->cout - o : 16;
+                    store_count(y + (((int64_t)b * s->oh + oy) * s->ow + ox) * s->cout + o, finish_neon(acc, zero, lo, hi),
+                                count);
+                }
+    return 0;
+}
+
 /* One image's int8 input copied into a frame of z_in (TFLite's padding, which contributes (z_in - z_in) w = 0),
  * each pixel's channels padded with zeros to `pixel` bytes (they meet zero weights). */
 INLINE void stage_neon(const int8_t *x, const conv_shape_t *s, int pixel, int8_t *u) {
