@@ -66,6 +66,55 @@ static int add_cases(const char *blob, long size) {
     return bad;
 }
 
+/* Each convolution of the program alone, on every granted instruction set against the portable kernel: the
+ * same int8 outputs for the same input, and no byte written past the output or the scratch (64 guard bytes
+ * after each; a kernel writing a row or pixel beyond its output, which no later op may read, shows here and
+ * nowhere else). Inputs: the image's first network input for the first layer, random int8 for the others. */
+#define GUARD 64
+static int conv_ops(const op_t *ops, int64_t count, const int32_t *x) {
+    int bad = 0;
+    uint32_t state = 12345;
+    for (int level = 1; level < ISA_COUNT; level++) {
+        const isa_t *isa = intrs_isa(level);
+        if (!isa) continue;
+        int64_t convs = 0, differ = 0, guards = 0;
+        int rc = 0;
+        for (int64_t i = 0; i < count; i++) {
+            const op_t *op = ops + i;
+            if (op->kind != OP_CONV_S8 && op->kind != OP_CONV_S32) continue;
+            const conv_shape_t *s = &op->shape;
+            const int64_t in_values = (int64_t)s->h * s->w * s->cin, out_bytes = (int64_t)s->oh * s->ow * s->cout;
+            void *in;
+            if (op->kind == OP_CONV_S32) {
+                in = malloc(sizeof(int32_t) * (size_t)in_values);
+                memcpy(in, x, sizeof(int32_t) * (size_t)in_values);
+            } else {
+                in = malloc((size_t)in_values);
+                for (int64_t k = 0; k < in_values; k++) ((int8_t *)in)[k] = (int8_t)((state = state * 1103515245u + 12345u) >> 16);
+            }
+            int8_t *want = malloc((size_t)out_bytes), *got = malloc((size_t)(out_bytes + GUARD));
+            const int64_t own = conv_scratch_bytes(op, level); /* the kernel's own scratch, guarded */
+            uint8_t *scratch = aligned_alloc(64, (size_t)(own + GUARD));
+            void *portable_scratch = aligned_alloc(64, (size_t)conv_scratch_bytes(op, ISA_PORTABLE));
+            memset(got, 0x5a, (size_t)(out_bytes + GUARD));
+            memset(scratch + own, 0x5a, GUARD);
+            const int ref = intrs_isa_portable.conv(op, in, want, portable_scratch);
+            const int r = isa->conv(op, in, got, scratch);
+            rc |= r != ref ? (r ? r : ref) : 0;
+            if (!ref)
+                for (int64_t k = 0; k < out_bytes; k++) differ += got[k] != want[k];
+            for (int k = 0; k < GUARD; k++) guards += (got[out_bytes + k] != 0x5a) + (scratch[own + k] != 0x5a);
+            free(portable_scratch);
+            convs++;
+            free(in), free(want), free(got), free(scratch);
+        }
+        printf("ops on %s: %lld convolutions, rc %d, %lld outputs differ from portable, %lld guard bytes written\n",
+               intrs_isa_name(level), (long long)convs, rc, (long long)differ, (long long)guards);
+        bad |= rc || differ || guards;
+    }
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) return 2;
     FILE *file = fopen(argv[1], "rb");
@@ -136,6 +185,7 @@ int main(int argc, char **argv) {
                rc, (long long)differ, (long long)(images * output_bytes));
         bad |= rc || differ;
     }
+    bad |= conv_ops(ops, count, x);
     printf("%s\n", bad ? "FAIL" : "ok");
     return bad;
 }

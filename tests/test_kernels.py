@@ -667,6 +667,19 @@ def _add_image(tmp_path) -> Path:
     return path
 
 
+def _assert_each_convolution_alone_matched(stdout: str, path: Path, granted: int) -> None:
+    """program_image.c's per-op check: each convolution alone on every granted instruction set but portable
+    gives the portable kernel's outputs and writes no byte past its output or scratch (a row written past the
+    edge, which the network's logits never see)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("ops on ")]
+    if path.name.startswith("add-"):
+        assert not lines
+        return
+    assert len(lines) == granted - 1, stdout
+    assert all(line.endswith(" convolutions, rc 0, 0 outputs differ from portable, 0 guard bytes written")
+               for line in lines), stdout
+
+
 def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_build):
     import subprocess
 
@@ -677,6 +690,7 @@ def test_program_images_run_natively_on_every_instruction_set(tmp_path, native_b
         run = subprocess.run([str(binary), str(path)], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
         assert run.stdout.count(" 0 of ") == len(kernels.instruction_sets())
+        _assert_each_convolution_alone_matched(run.stdout, path, len(kernels.instruction_sets()))
 
 
 # qemu-aarch64 CPUs: "max" has the dot-product instructions and the int8 matrix multiply, a Cortex-A76
@@ -702,6 +716,7 @@ def test_aarch64_neon_kernels_under_qemu_equal_the_reference_engine(tmp_path, cp
         assert run.returncode == 0, run.stdout + run.stderr
         assert _granted(run.stdout) == AARCH64_CPUS[cpu]
         assert run.stdout.count(" 0 of ") == len(AARCH64_CPUS[cpu])
+        _assert_each_convolution_alone_matched(run.stdout, path, len(AARCH64_CPUS[cpu]))
 
 
 @pytest.mark.slow
