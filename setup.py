@@ -36,7 +36,10 @@ class BuildKernels(build_ext):
     def build_extension(self, ext):
         from setuptools.errors import CompileError  # distutils is gone from Python 3.12
 
-        flags = target_flags(platform.machine().lower().replace("amd64", "x86_64"))
+        # targets.txt names machines as Linux does (macOS and Windows say arm64 and amd64): on macOS the NEON
+        # files then get their flags (dispatch.c detects no features there, so only portable is granted)
+        flags = target_flags({"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                                          platform.machine().lower()))
         targeted = [source for source in ext.sources if Path(source).name in flags]
         objects, missing = [], []
         for source in targeted:

@@ -9,6 +9,7 @@ out=$1
 shift
 cc=${CC:-cc}
 machine=${MACHINE:-$(uname -m)}
+if [ "$machine" = arm64 ]; then machine=aarch64; fi # macOS's name for it; targets.txt says aarch64
 mkdir -p "$out"
 for source in "$here"/*.c; do
   name=$(basename "$source")
