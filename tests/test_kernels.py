@@ -719,6 +719,27 @@ def test_aarch64_neon_kernels_under_qemu_equal_the_reference_engine(tmp_path, cp
         _assert_each_convolution_alone_matched(run.stdout, path, len(AARCH64_CPUS[cpu]))
 
 
+@pytest.mark.parametrize("cpu", AARCH64_CPUS)
+def test_aarch64_peak_loops_run_exactly_where_the_cpu_has_their_instructions_under_qemu(tmp_path, cpu):
+    """intrs bench's ceiling on aarch64 (src/intrs/peak/peak.c): the fp32 FMLA loop everywhere, sdot's and
+    smmla's only where the kernel reports DotProd and I8MM (an instruction the CPU lacks would be a SIGILL).
+    Which loops run is all this says: emulated rates mean nothing."""
+    import subprocess
+
+    compiler, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if compiler is None or qemu is None:
+        pytest.skip("MISSING aarch64 toolchain: needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian's "
+                    "gcc-aarch64-linux-gnu and qemu-user; bash scripts/setup.sh installs them where apt exists)")
+    binary = tmp_path / "peak"
+    subprocess.run([compiler, "-O2", "-std=c11", "-DINTRS_PEAK_MAIN", "-static",
+                    str(Path(kernels.__file__).parent / "peak" / "peak.c"), "-o", str(binary)], check=True)
+    run = subprocess.run([qemu, "-cpu", cpu, str(binary), "200"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    ran = {line.split("  ")[1].strip() for line in run.stdout.splitlines() if "GMAC/s" in line}
+    from intrs.bench import FP32_NEON, KERNEL_PEAKS
+    assert ran == {FP32_NEON} | {KERNEL_PEAKS[isa] for isa in AARCH64_CPUS[cpu] if isa != "portable"}, run.stdout
+
+
 @pytest.mark.slow
 def test_a_compiler_that_cannot_build_an_instruction_set_leaves_it_out(tmp_path):
     """setup.py with a compiler that rejects avxvnni.c's flags (an unknown flag stands in for an old gcc's

@@ -180,11 +180,12 @@ def _contenders(shape: tuple[int, int, int], seed: int, device: torch.device | N
 
 # The peak loop (csrc/peak.c) each instruction set's convolutions run, and the float contenders' FMA.
 KERNEL_PEAKS = {"avx2": "vpmaddwd int16 pairs (AVX2)", "avx-vnni": "vpdpbusd u8 x s8 (AVX-VNNI, ymm)",
-                "avx512-vnni": "vpdpbusd u8 x s8 (AVX-512 VNNI)"}
+                "avx512-vnni": "vpdpbusd u8 x s8 (AVX-512 VNNI)", "neon-dotprod": "sdot s8 x s8 (NEON DotProd)",
+                "neon-i8mm": "smmla s8 x s8 (NEON I8MM)"}
 # where an instruction set's kernels multiply less than a direct convolution, so a row may pass its loop's ratio
 FEWER_MULTIPLIES = {"avx2": "its 3x3 stride-1 layers run as integer Winograd F(2x2, 3x3), 2.25x fewer multiplies "
                             "(csrc/avx2.c): rows above 100% are the algorithm, not a faster loop"}
-FP32_WIDE, FP32_AVX2 = "fp32 FMA (AVX-512)", "fp32 FMA (AVX2)"
+FP32_WIDE, FP32_AVX2, FP32_NEON = "fp32 FMA (AVX-512)", "fp32 FMA (AVX2)", "fp32 FMLA (NEON)"
 # what restricts PyTorch's float instruction set: ATen's kernels, and the convolutions' oneDNN
 FLOAT_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
@@ -204,6 +205,7 @@ def ceiling(rates: dict[str, float] | None = None) -> dict:
     rates = kernels.peak_rates() if rates is None else rates
     restricted = any(os.environ.get(name, "").lower().startswith("avx2") for name in FLOAT_ISA_ENV)
     fp32 = FP32_AVX2 if restricted or FP32_WIDE not in rates else FP32_WIDE
+    fp32 = FP32_NEON if FP32_NEON in rates else fp32  # aarch64: NEON's FMLA is the float contenders' FMA
     if fp32 not in rates:
         return {}
     return {"fp32": {"loop": fp32, "gmacs": rates[fp32]}, "restriction": float_restriction(),

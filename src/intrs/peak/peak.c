@@ -14,6 +14,8 @@
  *                 operands); the same behind vpsignb (the sign trick: |x| times sign(x) w, exact for |w| <= 127);
  *                 AVX-VNNI vpdpbusd on ymm (32 MAC, CPUs with AVX-VNNI).
  *   AVX-512 VNNI: fp32 FMA (16 MAC), vpdpwssd on int16 pairs (32 MAC), vpdpbusd on u8 x s8 (64 MAC: csrc/vnni.c).
+ *   aarch64 NEON: fp32 FMLA (4 MAC), sdot on s8 x s8 (16 MAC: csrc/neon.c, DotProd), smmla on s8 x s8 (32 MAC:
+ *                 csrc/neon_i8mm.c, I8MM), the last two where the kernel reports them (HWCAP, HWCAP2).
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c11 */
 
@@ -22,21 +24,20 @@
 
 enum {
     PEAK_FP32_AVX2, PEAK_PAIRS_AVX2, PEAK_U8S8_AVX2, PEAK_SIGN_AVX2, PEAK_AVX_VNNI, PEAK_FP32_AVX512,
-    PEAK_PAIRS_VNNI, PEAK_U8S8_VNNI, PEAK_KINDS
+    PEAK_PAIRS_VNNI, PEAK_U8S8_VNNI, PEAK_FP32_NEON, PEAK_SDOT_NEON, PEAK_SMMLA_NEON, PEAK_KINDS
 };
 
 static const char *const peak_names[PEAK_KINDS] = {
     "fp32 FMA (AVX2)", "vpmaddwd int16 pairs (AVX2)", "vpmaddubsw+vpmaddwd u8 x s8 (AVX2, saturating)",
     "vpsignb+vpmaddubsw+vpmaddwd (AVX2, exact sign trick)", "vpdpbusd u8 x s8 (AVX-VNNI, ymm)",
     "fp32 FMA (AVX-512)", "vpdpwssd int16 pairs (AVX-512 VNNI)", "vpdpbusd u8 x s8 (AVX-512 VNNI)",
+    "fp32 FMLA (NEON)", "sdot s8 x s8 (NEON DotProd)", "smmla s8 x s8 (NEON I8MM)",
 };
 
 /* The name of peak kind k (null past the last). */
 const char *intrs_peak_name(int kind) { return kind >= 0 && kind < PEAK_KINDS ? peak_names[kind] : NULL; }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
+#if (defined(__x86_64__) || defined(__aarch64__)) && defined(__GNUC__)
 static double peak_seconds(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -71,6 +72,10 @@ static volatile int peak_sink; /* keeps every accumulator alive */
 
 #define DECLARE(T, V) T acc0 = V, acc1 = V, acc2 = V, acc3 = V, acc4 = V, acc5 = V, acc6 = V, acc7 = V, acc8 = V, \
                       acc9 = V, acc10 = V, acc11 = V
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 
 #define FMA256(i) acc##i = _mm256_fmadd_ps(acc##i, p, q);
 #define FOLD256F(i) total = _mm256_add_ps(total, acc##i);
@@ -126,22 +131,60 @@ double intrs_peak_rate(int kind, long rounds, int pieces) {
     return -1;
 }
 
+#elif defined(__aarch64__) && defined(__GNUC__)
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
+#define FMLA(i) acc##i = vfmaq_f32(q, acc##i, p);
+#define FOLDF(i) total = vaddq_f32(total, acc##i);
+RATE(fmla128, "arch=armv8-a+simd", float32x4_t, DECLARE(float32x4_t, vdupq_n_f32(1e-3f)); const float32x4_t p = vdupq_n_f32(0.5f);
+     const float32x4_t q = vdupq_n_f32(0.25f), FMLA, FOLDF, 4)
+#define SDOT(i) acc##i = vdotq_s32(acc##i, vreinterpretq_s8_s32(acc##i), y);
+#define FOLDI(i) total = vaddq_s32(total, acc##i);
+RATE(sdot128, "arch=armv8.2-a+dotprod", int32x4_t, DECLARE(int32x4_t, vdupq_n_s32(1)); const int8x16_t y = vdupq_n_s8(5), SDOT,
+     FOLDI, 16)
+#define SMMLA(i) acc##i = vmmlaq_s32(acc##i, vreinterpretq_s8_s32(acc##i), y);
+RATE(smmla128, "arch=armv8.2-a+dotprod+i8mm", int32x4_t, DECLARE(int32x4_t, vdupq_n_s32(1)); const int8x16_t y = vdupq_n_s8(5), SMMLA,
+     FOLDI, 32)
+
+double intrs_peak_rate(int kind, long rounds, int pieces) {
+    int dotprod = 0, i8mm = 0;
+#if defined(__linux__)
+    dotprod = (getauxval(AT_HWCAP) & (1 << 20)) != 0; /* HWCAP_ASIMDDP, as csrc/dispatch.c reads it */
+    i8mm = dotprod && (getauxval(AT_HWCAP2) & (1 << 13)) != 0; /* HWCAP2_I8MM */
+#endif
+    if (rounds < 1 || pieces < 1) return -1;
+    switch (kind) {
+        case PEAK_FP32_NEON: return fmla128(rounds, pieces);
+        case PEAK_SDOT_NEON: return dotprod ? sdot128(rounds, pieces) : -1;
+        case PEAK_SMMLA_NEON: return i8mm ? smmla128(rounds, pieces) : -1;
+    }
+    return -1;
+}
+
 #else
 double intrs_peak_rate(int kind, long rounds, int pieces) {
     (void)kind, (void)rounds, (void)pieces;
-    return -1; /* no peak loops for this machine yet (aarch64's NEON rates are not measured here) */
+    return -1; /* no peak loops for this machine */
 }
 #endif
 
 #ifdef INTRS_PEAK_MAIN
 #include <stdio.h>
-/* benchmarks/peak.sh: every kind this CPU has, long runs (the best of 20 pieces of 5 million rounds). */
-int main(void) {
-    double fp32[2] = {intrs_peak_rate(PEAK_FP32_AVX2, 5000000L, 20), intrs_peak_rate(PEAK_FP32_AVX512, 5000000L, 20)};
+#include <stdlib.h>
+/* benchmarks/peak.sh: every kind this CPU has, long runs (the best of 20 pieces of ROUNDS rounds, default 5
+ * million; the tests pass a few under emulation, where only which loops run means anything). */
+int main(int argc, char **argv) {
+    const long rounds = argc > 1 ? atol(argv[1]) : 5000000L;
+    double fp32[3] = {intrs_peak_rate(PEAK_FP32_AVX2, rounds, 20), intrs_peak_rate(PEAK_FP32_AVX512, rounds, 20),
+                      intrs_peak_rate(PEAK_FP32_NEON, rounds, 20)};
     for (int kind = 0; kind < PEAK_KINDS; kind++) {
-        double rate = kind == PEAK_FP32_AVX2 ? fp32[0] : kind == PEAK_FP32_AVX512 ? fp32[1]
-                                                        : intrs_peak_rate(kind, 5000000L, 20);
-        double against = kind < PEAK_FP32_AVX512 ? fp32[0] : fp32[1];
+        const int width = kind < PEAK_FP32_AVX512 ? 0 : kind < PEAK_FP32_NEON ? 1 : 2; /* the fp32 FMA of its width */
+        double rate = kind == PEAK_FP32_AVX2 || kind == PEAK_FP32_AVX512 || kind == PEAK_FP32_NEON
+                          ? fp32[width] : intrs_peak_rate(kind, rounds, 20);
+        double against = fp32[width];
         if (rate < 0)
             printf("  %-52s not on this CPU (not run)\n", peak_names[kind]);
         else
