@@ -18,6 +18,13 @@ static void *relocated(void *pointer, char *data) {
     return pointer ? data + ((uintptr_t)pointer - 1) : NULL;
 }
 
+/* Level's table, or null after a line saying this CPU refused it. */
+static const isa_t *granted_or_said(int level) {
+    const isa_t *isa = intrs_isa(level);
+    if (!isa) printf("refused %s\n", intrs_isa_name(level));
+    return isa;
+}
+
 /* ADD cases (magic INTRSAD1, then the case count; little-endian int64 words and blocks): kind 0, an ADD:
  * its 11 add_params, count, then int8 a, b and the expected int8 outputs; kind 1, one input's rescaling: z, M0,
  * shift, count, then int8 x and the expected int32 outputs. Every case runs through intrs_add or
@@ -25,11 +32,8 @@ static void *relocated(void *pointer, char *data) {
 static int add_cases(const char *blob, long size) {
     int bad = 0;
     for (int level = 0; level < ISA_COUNT; level++) {
-        const isa_t *isa = intrs_isa(level);
-        if (!isa) {
-            printf("refused %s\n", intrs_isa_name(level));
-            continue;
-        }
+        const isa_t *isa = granted_or_said(level);
+        if (!isa) continue;
         const char *at = blob + 8;
         const int64_t cases = word(&at);
         int64_t differ = 0, total = 0;
@@ -171,11 +175,8 @@ int main(int argc, char **argv) {
     int8_t *y = malloc((size_t)(images * output_bytes));
     int bad = 0;
     for (int level = 0; level < ISA_COUNT; level++) {
-        const isa_t *isa = intrs_isa(level);
-        if (!isa) {
-            printf("refused %s\n", intrs_isa_name(level));
-            continue;
-        }
+        const isa_t *isa = granted_or_said(level);
+        if (!isa) continue;
         program_t program = {isa, ops, (int)count, slot_bytes, (int)slots, (int)output, output_bytes, image_values};
         memset(y, 0x55, (size_t)(images * output_bytes));
         const int rc = intrs_run(&program, x, (int)images, y);

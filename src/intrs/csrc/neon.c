@@ -63,29 +63,21 @@ INLINE void tile_neon(int T, const int8_t *u, int wp, int cin4, const conv_shape
             }
         }
     const int count = s->cout - o < 16 ? s->cout - o : 16;
-    if (q->fast32) { /* |acc| <= 2^30 and no left shift (kernels.py): the int32-lane requantization */
-        int32x4_t off[4], mult[4], neg_right[4];
-        for (int j = 0; j < 4; j++) {
-            off[j] = vld1q_s32(q->offset32 + o + 4 * j), mult[j] = vld1q_s32(q->mult32 + o + 4 * j);
-            neg_right[j] = vnegq_s32(vld1q_s32(q->right32 + o + 4 * j));
-        }
-        const int32x4_t zero = vdupq_n_s32((int32_t)q->zero_point), lo = vdupq_n_s32((int32_t)q->act_min),
-                        hi = vdupq_n_s32((int32_t)q->act_max);
+    if (q->fast32) { /* the int32-lane requantization */
+        requant_neon_t r[4];
+        for (int j = 0; j < 4; j++) r[j] = requant_neon_of(q, o + 4 * j);
+        const clamp_neon_t clamp = clamp_neon_of(q->zero_point, q->act_min, q->act_max);
         for (int t = 0; t < T; t++) {
             int32x4_t v[4];
-            /* acc + offset wraps in the lane to the exact value, which lies within 2^30 */
-            for (int j = 0; j < 4; j++) v[j] = mbqm_neon(vaddq_s32(acc[t][j], off[j]), mult[j], neg_right[j]);
-            store_count(yrow + (int64_t)(ox0 + t) * s->cout + o, finish_neon(v, zero, lo, hi), count);
+            for (int j = 0; j < 4; j++) v[j] = requant_neon(acc[t][j], &r[j]);
+            store_count(yrow + (int64_t)(ox0 + t) * s->cout + o, finish_neon(v, &clamp), count);
         }
         return;
     }
     for (int t = 0; t < T; t++) {
         int32_t sums[16];
         for (int j = 0; j < 4; j++) vst1q_s32(sums + 4 * j, acc[t][j]);
-        int8_t *out = yrow + (int64_t)(ox0 + t) * s->cout + o;
-        for (int k = 0; k < count; k++)
-            out[k] = finish_scalar(requant_scalar((int64_t)sums[k] + q->offset[o + k], q->mult[o + k],
-                                                  q->left[o + k], q->right[o + k], q->half[o + k], err), q);
+        requant_scalar_neon(sums, count, q, o, yrow + (int64_t)(ox0 + t) * s->cout + o, err);
     }
 }
 

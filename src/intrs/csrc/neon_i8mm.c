@@ -23,6 +23,14 @@
 
 #define MMLA_PAIRS 4 /* pixel pairs per tile: 16 accumulators + 4 input and 4 weight vectors of the 32 */
 
+/* Pixel t's sums for outputs o..o+3 and o+4..o+7: the low (even t) or high (odd t) halves of its pair's blocks. */
+INLINE void pixel_sums(const int32x4_t acc[][4], int t, int32x4_t v[2]) {
+    for (int h = 0; h < 2; h++) {
+        const int64x2_t x = vreinterpretq_s64_s32(acc[t / 2][2 * h]), y = vreinterpretq_s64_s32(acc[t / 2][2 * h + 1]);
+        v[h] = vreinterpretq_s32_s64(t % 2 ? vzip2q_s64(x, y) : vzip1q_s64(x, y));
+    }
+}
+
 /* 2P - odd output pixels (ox0...) x 8 channels o..o+7 of row oy; u: the staged image (rows of wp pixels of cin8
  * bytes); w: the block's weights. With odd, the last pair's second pixel repeats the first (its sums are
  * dropped), so no read leaves the staged rows. */
@@ -47,37 +55,27 @@ INLINE void tile_mmla(int P, int odd, const int8_t *u, int wp, int cin8, const c
             }
         }
     const int count = s->cout - o < 8 ? s->cout - o : 8;
-    for (int t = 0; t < T; t++) {
-        /* pixel t's outputs o..o+3 and o+4..o+7: the low (even t) or high (odd t) halves of its pair's blocks */
-        int32x4_t v[2];
-        for (int h = 0; h < 2; h++) {
-            const int64x2_t x = vreinterpretq_s64_s32(acc[t / 2][2 * h]), y = vreinterpretq_s64_s32(acc[t / 2][2 * h + 1]);
-            v[h] = vreinterpretq_s32_s64(t % 2 ? vzip2q_s64(x, y) : vzip1q_s64(x, y));
-        }
-        int8_t *out = yrow + (int64_t)(ox0 + t) * s->cout + o;
-        if (q->fast32) { /* |acc| <= 2^30 and no left shift (kernels.py): the int32-lane requantization */
-            for (int h = 0; h < 2; h++)
-                v[h] = mbqm_neon(vaddq_s32(v[h], vld1q_s32(q->offset32 + o + 4 * h)), vld1q_s32(q->mult32 + o + 4 * h),
-                                 vnegq_s32(vld1q_s32(q->right32 + o + 4 * h)));
-            const int32x4_t zero = vdupq_n_s32((int32_t)q->zero_point), lo = vdupq_n_s32((int32_t)q->act_min),
-                            hi = vdupq_n_s32((int32_t)q->act_max);
-            int16x4_t n[2];
-            for (int h = 0; h < 2; h++) n[h] = vmovn_s32(vminq_s32(vmaxq_s32(vaddq_s32(v[h], zero), lo), hi));
-            const int8x8_t bytes = vmovn_s16(vcombine_s16(n[0], n[1]));
-            if (count == 8) {
+    if (q->fast32) { /* the int32-lane requantization, its constants held across the tile's pixels */
+        const requant_neon_t r[2] = {requant_neon_of(q, o), requant_neon_of(q, o + 4)};
+        const clamp_neon_t clamp = clamp_neon_of(q->zero_point, q->act_min, q->act_max);
+        for (int t = 0; t < T; t++) {
+            int32x4_t v[2];
+            pixel_sums(acc, t, v);
+            const int8x8_t bytes = finish8_neon(requant_neon(v[0], &r[0]), requant_neon(v[1], &r[1]), &clamp);
+            int8_t *out = yrow + (int64_t)(ox0 + t) * s->cout + o;
+            if (count == 8)
                 vst1_s8(out, bytes);
-            } else {
-                int8_t lanes[8];
-                vst1_s8(lanes, bytes);
-                memcpy(out, lanes, (size_t)count);
-            }
-        } else {
-            int32_t sums[8];
-            vst1q_s32(sums, v[0]), vst1q_s32(sums + 4, v[1]);
-            for (int k = 0; k < count; k++)
-                out[k] = finish_scalar(requant_scalar((int64_t)sums[k] + q->offset[o + k], q->mult[o + k],
-                                                      q->left[o + k], q->right[o + k], q->half[o + k], err), q);
+            else
+                store_count(out, vcombine_s8(bytes, bytes), count);
         }
+        return;
+    }
+    for (int t = 0; t < T; t++) {
+        int32x4_t v[2];
+        int32_t sums[8];
+        pixel_sums(acc, t, v);
+        vst1q_s32(sums, v[0]), vst1q_s32(sums + 4, v[1]);
+        requant_scalar_neon(sums, count, q, o, yrow + (int64_t)(ox0 + t) * s->cout + o, err);
     }
 }
 

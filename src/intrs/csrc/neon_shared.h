@@ -22,11 +22,42 @@ INLINE int32x4_t mbqm_neon(int32x4_t a, int32x4_t mult, int32x4_t neg_right) {
     return vrshlq_s32(vaddq_s32(p, fix), neg_right);
 }
 
-/* 16 int32 values (4 vectors) plus the zero point, clamped to [lo, hi] (within int8) and narrowed to int8. */
-INLINE int8x16_t finish_neon(const int32x4_t v[4], int32x4_t zero, int32x4_t lo, int32x4_t hi) {
-    int16x4_t h[4];
-    for (int j = 0; j < 4; j++) h[j] = vmovn_s32(vminq_s32(vmaxq_s32(vaddq_s32(v[j], zero), lo), hi));
-    return vcombine_s8(vmovn_s16(vcombine_s16(h[0], h[1])), vmovn_s16(vcombine_s16(h[2], h[3])));
+/* One layer's requantization constants for 4 output channels c..c+3, in lanes: held in registers across a tile's
+ * pixels (the int8 output stores may alias the requant_t arrays, so the compiler would reload them each pixel). */
+typedef struct {
+    int32x4_t offset, mult, neg_right;
+} requant_neon_t;
+
+/* q's int32 copies (fast32: |acc| <= 2^30 and no left shift, kernels.py) for channels c..c+3. */
+INLINE requant_neon_t requant_neon_of(const requant_t *q, int c) {
+    requant_neon_t r = {vld1q_s32(q->offset32 + c), vld1q_s32(q->mult32 + c), vnegq_s32(vld1q_s32(q->right32 + c))};
+    return r;
+}
+
+/* acc + offset, requantized: the sum wraps in the lane to the exact value, which fast32 puts within 2^30. */
+INLINE int32x4_t requant_neon(int32x4_t acc, const requant_neon_t *r) {
+    return mbqm_neon(vaddq_s32(acc, r->offset), r->mult, r->neg_right);
+}
+
+/* The output's zero point and clamp bounds (within int8), in lanes. */
+typedef struct {
+    int32x4_t zero, lo, hi;
+} clamp_neon_t;
+
+INLINE clamp_neon_t clamp_neon_of(int64_t zero, int64_t lo, int64_t hi) {
+    clamp_neon_t c = {vdupq_n_s32((int32_t)zero), vdupq_n_s32((int32_t)lo), vdupq_n_s32((int32_t)hi)};
+    return c;
+}
+
+/* 8 int32 values (2 vectors) plus the zero point, clamped and narrowed to int8. */
+INLINE int8x8_t finish8_neon(int32x4_t a, int32x4_t b, const clamp_neon_t *c) {
+    const int16x4_t ha = vmovn_s32(vminq_s32(vmaxq_s32(vaddq_s32(a, c->zero), c->lo), c->hi));
+    const int16x4_t hb = vmovn_s32(vminq_s32(vmaxq_s32(vaddq_s32(b, c->zero), c->lo), c->hi));
+    return vmovn_s16(vcombine_s16(ha, hb));
+}
+
+INLINE int8x16_t finish_neon(const int32x4_t v[4], const clamp_neon_t *c) {
+    return vcombine_s8(finish8_neon(v[0], v[1], c), finish8_neon(v[2], v[3], c));
 }
 
 INLINE void store_count(int8_t *out, int8x16_t v, int count) {
@@ -39,6 +70,13 @@ INLINE void store_count(int8_t *out, int8x16_t v, int count) {
     }
 }
 
+/* The scalar definition for `count` channels from o (a layer without fast32: int64 with the overflow checks). */
+INLINE void requant_scalar_neon(const int32_t *sums, int count, const requant_t *q, int o, int8_t *out, int *err) {
+    for (int k = 0; k < count; k++)
+        out[k] = finish_scalar(requant_scalar((int64_t)sums[k] + q->offset[o + k], q->mult[o + k], q->left[o + k],
+                                              q->right[o + k], q->half[o + k], err), q);
+}
+
 /* The first layer (the network's int32 input, plain NHWC) where the plan chose int16 pairs with the int32-lane
  * epilogue for this batch (op->q_pairs with fast32: |x - z_in| < 2^15 and |sum (x - z_in) w + b| <= 2^30, so
  * the int32 products and sums below are exact): 16 outputs a step, x - z_in broadcast against rows of the
@@ -46,8 +84,7 @@ INLINE void store_count(int8_t *out, int8x16_t v, int count) {
 static int conv_s32_neon(const op_t *op, const int32_t *x, int8_t *y) {
     const conv_shape_t *s = &op->shape;
     const requant_t *q = op->q_pairs;
-    const int32x4_t zero = vdupq_n_s32((int32_t)q->zero_point), lo = vdupq_n_s32((int32_t)q->act_min),
-                    hi = vdupq_n_s32((int32_t)q->act_max);
+    const clamp_neon_t clamp = clamp_neon_of(q->zero_point, q->act_min, q->act_max);
     for (int b = 0; b < s->n; b++)
         for (int oy = 0; oy < s->oh; oy++)
             for (int ox = 0; ox < s->ow; ox++)
@@ -67,11 +104,12 @@ static int conv_s32_neon(const op_t *op, const int32_t *x, int8_t *y) {
                             }
                         }
                     }
-                    for (int j = 0; j < 4; j++)
-                        acc[j] = mbqm_neon(vaddq_s32(acc[j], vld1q_s32(q->offset32 + o + 4 * j)),
-                                           vld1q_s32(q->mult32 + o + 4 * j), vnegq_s32(vld1q_s32(q->right32 + o + 4 * j)));
+                    for (int j = 0; j < 4; j++) {
+                        const requant_neon_t r = requant_neon_of(q, o + 4 * j);
+                        acc[j] = requant_neon(acc[j], &r);
+                    }
                     const int count = s->cout - o < 16 ? s->cout - o : 16;
-                    store_count(y + (((int64_t)b * s->oh + oy) * s->ow + ox) * s->cout + o, finish_neon(acc, zero, lo, hi),
+                    store_count(y + (((int64_t)b * s->oh + oy) * s->ow + ox) * s->cout + o, finish_neon(acc, &clamp),
                                 count);
                 }
     return 0;
@@ -102,7 +140,8 @@ INLINE void rescale_neon(int8x16_t x, int32x4_t z, int32x4_t mult, int32x4_t shi
 
 /* The constants of one ADD (op_t.add_params), broadcast. */
 typedef struct {
-    int32x4_t z1, m1, s1, z2, m2, s2, mo, so, zo, lo, hi;
+    int32x4_t z1, m1, s1, z2, m2, s2, mo, so;
+    clamp_neon_t out;
 } add_neon_t;
 
 /* TFLite's int8 AddFunc on 16 elements: both inputs rescaled, their sum (|u + v| < 2^29: no int32 overflow)
@@ -111,7 +150,7 @@ INLINE int8x16_t add16_neon(int8x16_t a, int8x16_t b, const add_neon_t *k) {
     int32x4_t u[4], v[4];
     rescale_neon(a, k->z1, k->m1, k->s1, u), rescale_neon(b, k->z2, k->m2, k->s2, v);
     for (int j = 0; j < 4; j++) u[j] = mbqm_neon(vaddq_s32(u[j], v[j]), k->mo, k->so);
-    return finish_neon(u, k->zo, k->lo, k->hi);
+    return finish_neon(u, &k->out);
 }
 
 /* mbqm_neon's domain: 0 <= M0 < 2^31 and a shift in [-31, 0] (vrshlq_s32 reads the count's low byte). */
@@ -126,8 +165,7 @@ static int add_neon(const op_t *op, const void *in0, const void *in1, void *out)
     add_neon_t k;
     k.z1 = vdupq_n_s32((int32_t)p[0]), k.m1 = vdupq_n_s32((int32_t)p[3]), k.s1 = vdupq_n_s32((int32_t)p[4]);
     k.z2 = vdupq_n_s32((int32_t)p[1]), k.m2 = vdupq_n_s32((int32_t)p[5]), k.s2 = vdupq_n_s32((int32_t)p[6]);
-    k.mo = vdupq_n_s32((int32_t)p[7]), k.so = vdupq_n_s32((int32_t)p[8]), k.zo = vdupq_n_s32((int32_t)p[2]);
-    k.lo = vdupq_n_s32((int32_t)p[9]), k.hi = vdupq_n_s32((int32_t)p[10]);
+    k.mo = vdupq_n_s32((int32_t)p[7]), k.so = vdupq_n_s32((int32_t)p[8]), k.out = clamp_neon_of(p[2], p[9], p[10]);
     const int8_t *a = in0, *b = in1;
     int8_t *y = out;
     int64_t i = 0;
